@@ -1,0 +1,41 @@
+"""The `qdtool` command: commands are registered here by hand (a test checks the set)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from qdtool import __version__
+from qdtool.cli import validate_data
+
+app = typer.Typer(
+    name="qdtool",
+    help="Turn an LLM into a question decomposer: check data, train LoRA/QLoRA, merge, decompose, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qdtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """Turn an LLM into a question decomposer."""
+
+
+app.command("validate-data", epilog=validate_data.EXAMPLES)(validate_data.validate_data)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,57 @@
+"""`qdtool validate-data`: say exactly what is wrong with a dataset, and where."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qdtool.cli._common import console, status, user_errors
+
+EXAMPLES = """
+Examples:
+
+  qdtool validate-data examples/data/strategyqa_train.jsonl
+
+  qdtool validate-data train.jsonl --against val.jsonl
+
+  qdtool validate-data train.jsonl --model embedded
+
+  qdtool validate-data data/*.jsonl --json > report.json
+
+Exit codes: 0 valid (warnings allowed), 1 invalid data, 2 usage error (e.g. a missing file).
+"""
+
+
+def validate_data(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="JSON (array of records) or JSONL files to check.", show_default=False)],
+    against: Annotated[
+        Optional[list[Path]], typer.Option("--against", "-a", metavar="FILE", help="Flag questions also in FILE (train/eval leakage). Repeatable.")
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", metavar="SPEC", help="Token lengths of the training samples with this tokenizer: 'embedded', a directory or a hub id.")
+    ] = None,
+    template: Annotated[str, typer.Option(metavar="auto|plain|chat", help="Prompt template for --model (auto: chat template if the model has one).")] = "auto",
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors (exit 1).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable report on stdout.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code (for --model).")] = False,
+) -> None:
+    """Check question-decomposition datasets: every problem with its FILE:LINE, then statistics."""
+    from qdtool.core.validation import validate_data as run
+
+    if template not in ("auto", "plain", "chat"):
+        raise typer.BadParameter("must be auto, plain or chat", param_hint="--template")
+    with user_errors():
+        with status("loading the tokenizer") as say:
+            report = run(files, against=against or (), model=model, trust_remote_code=trust_remote_code, progress=say, template=template)
+    failed = not report.ok or (strict and any(f.result.warnings for f in report.files))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        from qdtool.cli.render_data import render_report
+
+        render_report(console, report)
+    raise typer.Exit(1 if failed else 0)
+

@@ -1,0 +1,1 @@
+"""qdtool's library: no printing, no typer, no rich; results are returned, progress goes to callbacks."""

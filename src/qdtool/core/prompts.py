@@ -1,0 +1,149 @@
+"""The one prompt renderer: what `train` learns is what `decompose` and `eval` ask.
+
+A training sample is `prompt + answer`, where the answer is the numbered sub-questions, one per
+line, followed by the tokenizer's EOS. Models with a chat template get the instruction and the
+question as one user turn; others get the seed tool's plain template, unchanged, so adapters and
+habits carry over.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+Language = Literal["auto", "en", "ko"]
+TemplateKind = Literal["auto", "plain", "chat"]
+
+# The seed tool's template, kept byte for byte so its users' prompts and adapters still work.
+PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Question:\n{question}\n\n### Sub-questions:\n"
+
+INSTRUCTIONS: dict[str, str] = {
+    "en": (
+        "Decompose the complex question into simple sub-questions, one per line. "
+        "A later sub-question may refer to the answer of an earlier one as #1, #2, ..."
+    ),
+    # The seed tool's instruction.
+    "ko": "복잡한 질문을 단순한 여러 개의 하위 질문으로 분해하세요.",
+}
+
+IGNORE_INDEX = -100  # label of tokens that carry no loss (the prompt)
+
+HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")  # syllables and jamo
+
+
+def detect_language(text: str) -> str:
+    """'ko' when the text has any Hangul, else 'en'."""
+    return "ko" if HANGUL.search(text) else "en"
+
+
+def instruction_for(question: str, language: Language = "auto", instruction: str | None = None) -> str:
+    """The instruction text: the user's own if given, else the default for the question's language."""
+    if instruction:
+        return instruction
+    lang = detect_language(question) if language == "auto" else language
+    return INSTRUCTIONS[lang]
+
+
+def format_answer(sub_questions: Sequence[str]) -> str:
+    """Numbered sub-questions, one per line (no trailing newline; EOS follows in training)."""
+    return "\n".join(f"{i}. {step.strip()}" for i, step in enumerate(sub_questions, start=1))
+
+
+def uses_chat_template(tokenizer: Any, template: TemplateKind = "auto") -> bool:
+    has_template = bool(getattr(tokenizer, "chat_template", None)) if tokenizer is not None else False
+    if template == "chat" and not has_template:
+        from qdtool.errors import ConfigError
+
+        raise ConfigError("prompt template 'chat' was asked for, but this tokenizer has no chat template")
+    return template == "chat" or (template == "auto" and has_template)
+
+
+def render_prompt(
+    question: str,
+    tokenizer: Any = None,
+    *,
+    template: TemplateKind = "auto",
+    language: Language = "auto",
+    instruction: str | None = None,
+) -> str:
+    """The text the model sees before its answer."""
+    text = instruction_for(question, language, instruction)
+    if uses_chat_template(tokenizer, template):
+        messages = [{"role": "user", "content": f"{text}\n\n{question.strip()}"}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return PLAIN_TEMPLATE.format(instruction=text, question=question.strip())
+
+
+@dataclass(frozen=True)
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX on the prompt; the answer ids and EOS otherwise
+
+    @property
+    def prompt_len(self) -> int:
+        return sum(1 for x in self.labels if x == IGNORE_INDEX)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_sample(
+    tokenizer: Any,
+    question: str,
+    sub_questions: Sequence[str],
+    *,
+    template: TemplateKind = "auto",
+    language: Language = "auto",
+    instruction: str | None = None,
+) -> EncodedSample:
+    """Token ids and labels of one training sample.
+
+    Prompt and answer are tokenized separately and concatenated, so the prompt's ids are exactly
+    those `decompose` feeds the model, and the label boundary is exact.
+    """
+    chat = uses_chat_template(tokenizer, template)
+    prompt = render_prompt(question, tokenizer, template=template, language=language, instruction=instruction)
+    # A chat template writes its own BOS into the text; the plain template relies on the tokenizer's.
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=not chat)["input_ids"])
+    answer_ids = list(tokenizer(format_answer(sub_questions), add_special_tokens=False)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        from qdtool.errors import ModelError
+
+        raise ModelError("the tokenizer has no EOS token; the model could not learn where to stop")
+    answer_ids.append(eos)
+    return EncodedSample(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+
+
+_NUMBERING = re.compile(r"^\s*(?:(?:step|q|sub-?question)?\s*\d+\s*[.):\]]|[-*\u2022])\s*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    sub_questions: list[str]
+    raw: str
+
+    @property
+    def parse_ok(self) -> bool:
+        return bool(self.sub_questions)
+
+
+def parse_sub_questions(text: str, stop_markers: Sequence[str] = ()) -> ParsedOutput:
+    """Sub-questions from a model's answer: numbered or bulleted lines, numbering removed.
+
+    Text after a stop marker (EOS, end-of-turn) or after a line that restarts the template
+    (`### ...`) is ignored. Output with no usable line gives an empty list (`parse_ok` False).
+    """
+    body = text
+    for marker in stop_markers:
+        if marker and marker in body:
+            body = body.split(marker, 1)[0]
+    steps: list[str] = []
+    for line in body.splitlines():
+        if line.lstrip().startswith("###"):
+            break
+        step = _NUMBERING.sub("", line, count=1).strip()
+        if step:
+            steps.append(step)
+    return ParsedOutput(steps, text)

@@ -1,0 +1,31 @@
+"""Errors a user can act on.
+
+The CLI catches `QdtoolError` (and only it), prints its message on stderr and exits with
+`exit_code`. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class QdtoolError(Exception):
+    """Base class: a problem the user can fix; the message says what and how."""
+
+    exit_code = 1
+
+
+class UsageError(QdtoolError):
+    """Bad invocation: a missing file, an unknown option value."""
+
+    exit_code = 2
+
+
+class DataError(QdtoolError):
+    """The dataset is unusable as given."""
+
+
+class ConfigError(QdtoolError):
+    """A configuration value or combination is invalid."""
+
+
+class ModelError(QdtoolError):
+    """A model spec cannot be resolved or loaded."""

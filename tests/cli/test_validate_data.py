@@ -1,0 +1,108 @@
+"""`qdtool validate-data`: exit codes, messages, JSON report, and no traceback for any input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qdtool.cli.app import app
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
+GOOD = {"question": "Is Q big?", "sub_questions": ["What is Q?", "Is #1 big?"]}
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["validate-data", *args])
+
+
+def write(path: Path, *records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_every_example_file_is_valid():
+    files = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".json", ".jsonl"))
+    assert files
+    result = invoke(*files)
+    assert result.exit_code == 0, result.output
+    assert "all valid" in result.output
+
+
+def test_valid_file_prints_stats_and_exits_0(tmp_path):
+    result = invoke(str(write(tmp_path / "ok.jsonl", GOOD, {"question": "세종은 누구인가?", "sub_questions": ["세종은 언제 태어났는가?", "#1에 무슨 일이 있었는가?"]})))
+    assert result.exit_code == 0, result.output
+    assert "✓ valid: 2 records" in result.output
+    assert "steps per question" in result.output and "Hangul" in result.output
+
+
+def test_broken_file_lists_every_error_with_line_and_exits_1(tmp_path):
+    path = write(tmp_path / "bad.jsonl", GOOD, '{"question": "x", "sub_questions": "y"}', "not json", {"question": "", "sub_questions": ["a?", "b?"]})
+    result = invoke(str(path))
+    assert result.exit_code == 1
+    assert f"{path}:2: sub_questions: must be a non-empty list of strings (got str)" in result.output
+    assert f"{path}:3:1: invalid JSON: Expecting value" in result.output
+    assert f"{path}:4: question: must not be empty" in result.output
+    assert "✗ invalid: 3 error(s)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_file_is_a_usage_error(tmp_path):
+    result = invoke(str(tmp_path / "nope.jsonl"))
+    assert result.exit_code == 2
+    assert "no such file" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_warnings_pass_unless_strict(tmp_path):
+    path = write(tmp_path / "w.jsonl", GOOD, GOOD)
+    assert invoke(str(path)).exit_code == 0
+    result = invoke(str(path), "--strict")
+    assert result.exit_code == 1
+    assert "duplicate of the question at" in result.output
+
+
+def test_against_reports_leakage(tmp_path):
+    train = write(tmp_path / "train.jsonl", GOOD)
+    val = write(tmp_path / "val.jsonl", GOOD)
+    result = invoke(str(train), "--against", str(val))
+    assert result.exit_code == 1
+    assert f"{train}:1: question: also in {val}:1 (train/eval leakage)" in result.output
+
+
+def test_json_report(tmp_path):
+    path = write(tmp_path / "x.jsonl", GOOD, {"question": "Q?"})
+    result = invoke(str(path), "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["valid"] is False and report["errors"] == 1
+    file_report = report["files"][0]
+    assert file_report["records"] == 1
+    assert file_report["errors"][0]["text"] == f"{path}:2: sub_questions: missing"
+    assert file_report["errors"][0]["line"] == 2
+    assert file_report["stats"]["steps_histogram"] == {"2": 1}
+
+
+def test_token_lengths_with_a_local_model(tiny_model_dir, tmp_path):
+    path = write(tmp_path / "ok.jsonl", GOOD)
+    result = invoke(str(path), "--model", str(tiny_model_dir), "--json")
+    assert result.exit_code == 0, result.output
+    tokens = json.loads(result.stdout)["files"][0]["stats"]["tokens"]
+    assert tokens["template"] == "plain" and tokens["max"] == tokens["p50"] > tokens["mean_answer"] > 0
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    result = invoke(str(write(tmp_path / "ok.jsonl", GOOD)), "--model", "no-such-model")
+    assert result.exit_code == 1
+    assert "unknown model 'no-such-model'" in result.output
+
+
+@pytest.mark.embedded
+def test_token_lengths_with_the_embedded_model(use_embedded_cache):
+    result = invoke(str(EXAMPLES / "sample_train.json"), "--model", "embedded", "--json")
+    assert result.exit_code == 0, result.output
+    tokens = json.loads(result.stdout)["files"][0]["stats"]["tokens"]
+    assert 40 < tokens["p50"] < 200 and tokens["template"] == "plain"

@@ -1,0 +1,115 @@
+"""Shared fixtures: a tokenizer made locally and tiny models built from a config (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# No network, ever: anything that tries the hub fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "data"
+
+# Gemma-style turns, enough to exercise the chat path of the renderer.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _corpus() -> list[str]:
+    lines = []
+    for path in sorted(EXAMPLES.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines()[:200]:
+            record = json.loads(line)
+            lines.append(record["question"])
+            lines.extend(record["sub_questions"])
+    lines.append("### Instruction:\n### Question:\n### Sub-questions:\n1. 2. 3. 4. 5. #1 #2 #3")
+    return lines
+
+
+def build_tokenizer(chat: bool = False):
+    """A small byte-level BPE tokenizer trained here, with <bos>/<eos>/<pad>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_tokenizer():
+    return build_tokenizer(chat=True)
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0):
+    """A 2-layer, 64-wide Llama-architecture model with random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny model + tokenizer directory, as `from_pretrained` expects."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    build_tiny_model(len(tiny_tokenizer)).save_pretrained(directory, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory) -> Path:
+    """A QDTOOL_CACHE for the session in which the embedded model is converted once.
+
+    Set QDTOOL_TEST_CACHE to reuse a cache across runs (the conversion takes about a minute).
+    """
+    reuse = os.environ.get("QDTOOL_TEST_CACHE")
+    return Path(reuse) if reuse else tmp_path_factory.mktemp("qdtool-cache")
+
+
+@pytest.fixture
+def use_embedded_cache(embedded_cache, monkeypatch) -> Path:
+    monkeypatch.setenv("QDTOOL_CACHE", str(embedded_cache))
+    return embedded_cache
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(request, monkeypatch, tmp_path):
+    """No test writes to the user's real cache by accident."""
+    if "use_embedded_cache" not in request.fixturenames:
+        monkeypatch.setenv("QDTOOL_CACHE", str(tmp_path / "cache"))

