@@ -6,8 +6,14 @@ one-line help per field, and unknown keys rejected.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from qdtool.errors import ConfigError
 
 CACHE_ENV = "QDTOOL_CACHE"
 
@@ -20,3 +26,133 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("qdtool", appauthor=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training configuration
+# ---------------------------------------------------------------------------------------------
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; written next to the adapter as run_config.yaml."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # what to train
+    model: str = Field("embedded", description="Base model: 'embedded', a local directory or a hub id.")
+    data: Optional[Path] = Field(None, description="Training data (JSON/JSONL); default: the bundled examples.")
+    eval_data: Optional[Path] = Field(None, description="Evaluation data; default: a seeded hold-out of the training data.")
+    eval_split: float = Field(0.05, gt=0, lt=0.5, description="Share of the training data held out when there is no eval_data.")
+    eval_max_records: int = Field(200, ge=1, description="At most this many held-out records.")
+    output_dir: Optional[Path] = Field(None, description="Run directory; default runs/<model>-<date>.")
+    trust_remote_code: bool = Field(False, description="Run the model repo's own code (off unless you trust it).")
+
+    # prompt
+    template: Literal["auto", "plain", "chat"] = Field("auto", description="Prompt template: the model's chat template if it has one, else plain.")
+    language: Literal["auto", "en", "ko"] = Field("auto", description="Instruction language; auto follows each question.")
+    instruction: Optional[str] = Field(None, description="Your own instruction text instead of the defaults.")
+
+    # sequence handling
+    max_seq_len: int = Field(512, ge=16, description="Tokens per sample, prompt + answer.")
+    overlong: Literal["drop", "truncate", "error"] = Field("drop", description="What to do with samples over max_seq_len.")
+    packing: bool = Field(True, description="Pack several samples per row (padding-free); false: dynamic padding.")
+    batch_tokens: int = Field(2048, ge=16, description="Tokens per micro-batch row when packing (bounds the attention mask).")
+    batch_size: int = Field(4, ge=1, description="Samples per micro-batch without packing.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+
+    # LoRA
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target: Union[Literal["all-linear"], list[str]] = Field("all-linear", description="Modules to adapt: all-linear or a list of names.")
+    use_rslora: bool = Field(False, description="Rank-stabilized LoRA scaling.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+    # precision and memory
+    quantization: Literal["none", "4bit", "8bit"] = Field("none", description="Base weights in 4-bit NF4 or 8-bit (CUDA + bitsandbytes).")
+    double_quant: bool = Field(True, description="NF4 double quantization (4-bit only).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Compute precision; auto: bf16 where supported, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
+
+    # optimization
+    optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    seed: int = Field(42, description="Seed for data order, split, LoRA init and dropout.")
+
+    # runs
+    eval_steps: int = Field(25, ge=1, description="Evaluate every N optimizer steps (and at the end).")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the newest).")
+    report_to: Literal["auto", "none", "wandb", "tensorboard"] = Field("auto", description="Tracking: auto = wandb if logged in, else none.")
+    run_name: Optional[str] = Field(None, description="Name for the run in trackers; default: the output dir's name.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "TrainConfig":
+        problems = []
+        if self.packing and self.batch_tokens < self.max_seq_len:
+            problems.append(f"batch_tokens ({self.batch_tokens}) must be at least max_seq_len ({self.max_seq_len}) when packing")
+        if self.use_dora and self.quantization == "8bit":
+            problems.append("use_dora does not work with 8-bit quantization; use 4bit or none")
+        if self.quantization != "none" and self.precision == "fp32":
+            problems.append(f"quantization {self.quantization} computes in bf16/fp16; precision fp32 is not supported with it")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        return {name: f.description or "" for name, f in cls.model_fields.items()}
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(error["loc"][-1]), TrainConfig.model_fields, n=1)
+            message = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        lines += [f"  {field}: {m}" if field else f"  {m}" for m in message.splitlines()]
+    return f"invalid configuration ({source}):\n" + "\n".join(lines)
+
+
+def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """YAML file (if any) overlaid with CLI overrides, validated at once: every problem is reported.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys or bad values, listed together.
+    """
+    import yaml
+
+    values: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        source = f"{path} + command line"
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings (got {type(loaded).__name__})")
+        values.update(loaded or {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def dump_config(config: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

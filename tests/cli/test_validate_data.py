@@ -26,10 +26,27 @@ def write(path: Path, *records) -> Path:
 
 def test_every_example_file_is_valid():
     files = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".json", ".jsonl"))
-    assert files
+    names = {Path(f).name for f in files}
+    assert {"strategyqa_train.jsonl", "strategyqa_val.jsonl", "ko_samples.jsonl", "sample_train.json"} <= names
     result = invoke(*files)
     assert result.exit_code == 0, result.output
     assert "all valid" in result.output
+
+
+def test_bundled_train_and_val_do_not_leak():
+    result = invoke(str(EXAMPLES / "strategyqa_train.jsonl"), "--against", str(EXAMPLES / "strategyqa_val.jsonl"))
+    assert result.exit_code == 0, result.output
+    assert "leakage" not in result.output
+
+
+def test_korean_samples_are_korean_with_2_to_5_steps():
+    from qdtool.core.data import load_records
+
+    records = load_records(EXAMPLES / "ko_samples.jsonl").records
+    assert len(records) >= 30
+    assert all(2 <= len(r.sub_questions) <= 5 for r in records)
+    result = invoke(str(EXAMPLES / "ko_samples.jsonl"), "--json")
+    assert json.loads(result.stdout)["files"][0]["stats"]["korean_records"] == len(records)
 
 
 def test_valid_file_prints_stats_and_exits_0(tmp_path):

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from qdtool.errors import DataError, UsageError
 
@@ -184,7 +184,6 @@ def load_records(path: str | Path) -> LoadResult:
     else:
         result = _load_jsonl(raw, name)
     result.path = path
-    result.problems += _duplicate_warnings(result.records)
     return result
 
 
@@ -216,17 +215,20 @@ def _load_json_array(raw: bytes, name: str) -> LoadResult:
     if not data:
         problems.append(Problem(name, "the array has no records"))
     records: list[Record] = []
+    duplicates = _Duplicates()
     for index, obj in enumerate(data):
         record, found = check_record(obj, f"{name}[#{index}]")
         problems += found
         if record is not None:
             records.append(record)
+            problems += duplicates.check(record)
     return LoadResult(Path(name), "json", records, problems)
 
 
 def _load_jsonl(raw: bytes, name: str) -> LoadResult:
     problems: list[Problem] = []
     records: list[Record] = []
+    duplicates = _Duplicates()
     lines = raw.split(b"\n")
     for number, line_bytes in enumerate(lines, start=1):
         if not line_bytes.strip():
@@ -249,6 +251,7 @@ def _load_jsonl(raw: bytes, name: str) -> LoadResult:
         problems += found
         if record is not None:
             records.append(record)
+            problems += duplicates.check(record, number)
     if not records and not problems:
         problems.append(Problem(name, "file has no records"))
     return LoadResult(Path(name), "jsonl", records, problems)
@@ -261,16 +264,18 @@ def _whole_is_object(raw: bytes) -> bool:
         return False
 
 
-def _duplicate_warnings(records: Iterable[Record]) -> list[Problem]:
-    first: dict[str, Record] = {}
-    problems: list[Problem] = []
-    for record in records:
+class _Duplicates:
+    """Warns, in file order, when a question was already seen earlier in the file."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, Record] = {}
+
+    def check(self, record: Record, line: int | None = None) -> list[Problem]:
         key = normalize_question(record.question)
-        if key in first:
-            problems.append(Problem(record.location, f"duplicate of the question at {first[key].location}", "warning", "question"))
-        else:
-            first[key] = record
-    return problems
+        if key in self.first:
+            return [Problem(record.location, f"duplicate of the question at {self.first[key].location}", "warning", "question", line)]
+        self.first[key] = record
+        return []
 
 
 def find_leaks(records: list[Record], others: list[Record], other_name: str) -> list[Problem]:
