@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
     eval_data: Optional[Path] = Field(None, description="Evaluation data; default: a seeded hold-out of the training data.")
     eval_split: float = Field(0.05, gt=0, lt=0.5, description="Share of the training data held out when there is no eval_data.")
     eval_max_records: int = Field(200, ge=1, description="At most this many held-out records.")
-    output_dir: Optional[Path] = Field(None, description="Run directory; default runs/<model>-<date>.")
+    output_dir: Optional[Path] = Field(None, description="Run directory; default runs/<model>-<data>.")
     trust_remote_code: bool = Field(False, description="Run the model repo's own code (off unless you trust it).")
 
     # prompt
@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
-    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps; overrides epochs (--max-steps 0: use epochs).")
     seed: int = Field(42, description="Seed for data order, split, LoRA init and dropout.")
 
     # runs

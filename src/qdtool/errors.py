@@ -29,3 +29,15 @@ class ConfigError(QdtoolError):
 
 class ModelError(QdtoolError):
     """A model spec cannot be resolved or loaded."""
+
+
+class TrainingError(QdtoolError):
+    """Training stopped: NaN loss, out of memory, or a run directory conflict."""
+
+
+class TrainingInterrupted(QdtoolError):
+    """SIGINT/SIGTERM: a checkpoint was saved; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool import __version__
-from qdtool.cli import validate_data
+from qdtool.cli import train, validate_data
 
 app = typer.Typer(
     name="qdtool",
@@ -35,6 +35,7 @@ def root(
 
 
 app.command("validate-data", epilog=validate_data.EXAMPLES)(validate_data.validate_data)
+app.command("train", epilog=train.EXAMPLES)(train.train)
 
 
 def main() -> None:

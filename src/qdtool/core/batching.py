@@ -153,39 +153,62 @@ def pad_batches(samples: Sequence[EncodedSample], batch_size: int, pad_id: int) 
     return batches
 
 
-@dataclass
 class BatchPlan:
-    """The deterministic stream of micro-batches: epoch e uses the samples shuffled with seed + e."""
+    """The deterministic stream of micro-batches: epoch e uses the samples shuffled with seed + e.
 
-    samples: list[EncodedSample]
-    seed: int
-    packing: bool
-    batch_tokens: int
-    batch_size: int
-    pad_id: int
-    grad_accum: int
+    With packing, the number of rows (so of steps) differs from epoch to epoch; step counts are
+    computed per epoch and cached, so any step maps to one (epoch, offset) and a resumed run sees
+    exactly the micro-batches an uninterrupted one would.
+    """
+
+    def __init__(self, samples: list[EncodedSample], seed: int, packing: bool, batch_tokens: int, batch_size: int,
+                 pad_id: int, grad_accum: int) -> None:
+        self.samples, self.seed, self.packing = samples, seed, packing
+        self.batch_tokens, self.batch_size, self.pad_id, self.grad_accum = batch_tokens, batch_size, pad_id, grad_accum
+        self._steps: dict[int, int] = {}
+        self._cached: tuple[int, list[MicroBatch]] | None = None
 
     def epoch(self, index: int) -> list[MicroBatch]:
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
         order = list(range(len(self.samples)))
         random.Random(self.seed + index).shuffle(order)
         ordered = [self.samples[i] for i in order]
-        if self.packing:
-            return pack(ordered, self.batch_tokens)
-        return pad_batches(ordered, self.batch_size, self.pad_id)
+        batches = pack(ordered, self.batch_tokens) if self.packing else pad_batches(ordered, self.batch_size, self.pad_id)
+        self._cached = (index, batches)
+        self._steps[index] = math.ceil(len(batches) / self.grad_accum)
+        return batches
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.epoch(0)) / self.grad_accum)
+    def steps_in_epoch(self, index: int) -> int:
+        if index not in self._steps:
+            self.epoch(index)
+        return self._steps[index]
+
+    def total_steps(self, epochs: float) -> int:
+        """Optimizer steps in `epochs` passes (a fractional last epoch is rounded up)."""
+        whole = int(epochs)
+        total = sum(self.steps_in_epoch(e) for e in range(whole))
+        if epochs > whole:
+            total += math.ceil((epochs - whole) * self.steps_in_epoch(whole))
+        return max(1, total)
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, step offset inside that epoch) of a global step."""
+        epoch = 0
+        while step >= self.steps_in_epoch(epoch):
+            step -= self.steps_in_epoch(epoch)
+            epoch += 1
+        return epoch, step
 
     def steps(self, start_step: int = 0):
-        """Yield (step, epoch, [micro-batches]) from `start_step` on, forever; the caller stops."""
-        per_epoch = self.steps_per_epoch
-        epoch = start_step // per_epoch
+        """Yield (step, epoch progress, [micro-batches]) from `start_step` on, forever; the caller stops."""
+        epoch, offset = self.locate(start_step)
         step = start_step
         while True:
             batches = self.epoch(epoch)
-            first = (step - epoch * per_epoch) * self.grad_accum
-            for offset in range(first, len(batches), self.grad_accum):
-                yield step, epoch, batches[offset : offset + self.grad_accum]
+            per_epoch = self.steps_in_epoch(epoch)
+            for index in range(offset, per_epoch):
+                micro = batches[index * self.grad_accum : (index + 1) * self.grad_accum]
+                yield step, epoch + (index + 1) / per_epoch, micro
                 step += 1
-            epoch += 1
+            epoch, offset = epoch + 1, 0

@@ -1,0 +1,192 @@
+"""`qdtool train`: parse options (one per TrainConfig field), run core training, render progress."""
+
+from __future__ import annotations
+
+import inspect
+import time
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from qdtool.cli._common import console, err_console, user_errors
+from qdtool.config import TrainConfig
+
+EXAMPLES = """
+Examples:
+
+  qdtool train                                   # embedded model, bundled example data
+
+  qdtool train --data train.jsonl --eval-data val.jsonl --model Qwen/Qwen2.5-0.5B-Instruct
+
+  qdtool train --config configs/low_memory.yaml --model Qwen/Qwen2.5-7B-Instruct
+
+  qdtool train --config runs/NAME/run_config.yaml     # resume an interrupted run
+
+CLI flags override the YAML file. Every setting is listed below with its default.
+"""
+
+# Flags the seed tool's users know, mapped to ours.
+_ALIASES = {"max_seq_len": ["--max-seq-length"], "lr": ["--learning-rate"], "epochs": ["--num-epochs"]}
+
+
+def _field_option(name: str, info: Any) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    annotation = info.annotation
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation is bool:
+        decls, kind = [f"{flag}/--no-{flag[2:]}"], Optional[bool]
+    elif annotation in (int, float) or (origin is typing.Union and args and args[0] in (int, float)):
+        decls, kind = [flag], Optional[args[0] if args else annotation]
+    else:
+        decls, kind = [flag], Optional[str]
+    choices = [a for a in typing.get_args(annotation) if isinstance(a, str)] if origin is typing.Literal else []
+    default = info.default if info.default is not None else "none"
+    help_text = escape(f"{info.description} [{'|'.join(choices) + ', ' if choices else ''}default: {default}]")
+    option = typer.Option(*decls, *_ALIASES.get(name, []), help=help_text, show_default=False, rich_help_panel=_panel(name))
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
+
+
+def _panel(name: str) -> str:
+    order = list(TrainConfig.model_fields)
+    marks = [("model", "What to train"), ("template", "Prompt"), ("max_seq_len", "Sequences and batches"), ("lora_r", "LoRA"),
+             ("quantization", "Precision and memory"), ("optimizer", "Optimization"), ("eval_steps", "Run")]
+    panel = marks[0][1]
+    for field, title in marks:
+        if order.index(name) >= order.index(field):
+            panel = title
+    return panel
+
+
+def _to_override(name: str, value: Any) -> Any:
+    if name == "lora_target" and isinstance(value, str) and value != "all-linear":
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file of settings (see configs/).")] = None,
+    resume: Annotated[str, typer.Option(help="auto: continue from the last checkpoint in --output-dir; never; or a checkpoint path.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run directory that holds a different run (or a finished one).")] = False,
+    **fields: Any,
+) -> None:
+    """Fine-tune a LoRA adapter that turns the model into a question decomposer."""
+    from qdtool.config import load_train_config
+    from qdtool.core.training import train as run
+
+    _quiet_libraries()
+    with user_errors():
+        overrides = {k: _to_override(k, v) for k, v in fields.items() if v is not None}
+        clear_max_steps = overrides.get("max_steps") == 0  # --max-steps 0: train by --epochs instead
+        if clear_max_steps:
+            del overrides["max_steps"]
+        settings = load_train_config(config, overrides)
+        if clear_max_steps:
+            settings = settings.model_copy(update={"max_steps": None})
+        with _Progress() as progress:
+            result = run(settings, resume=resume, overwrite=overwrite, on_event=progress.event)
+    if result.already_complete:
+        console.print(f"{result.output_dir} is already complete ({result.steps} steps). Pass --overwrite to train it again.")
+    _summary(result)
+
+
+def _quiet_libraries() -> None:
+    """Silence library chatter that says nothing actionable to a qdtool user."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "Failed to load CPU gemm_4bit_forward ..." on CPUs
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def _build_signature() -> None:
+    hints = typing.get_type_hints(train, include_extras=True)
+    params = [p.replace(annotation=hints[p.name]) for p in list(inspect.signature(train).parameters.values())[:-1]]
+    params += [_field_option(name, info) for name, info in TrainConfig.model_fields.items()]
+    train.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    train.__annotations__ = {p.name: p.annotation for p in params}
+
+
+_build_signature()
+
+
+class _Progress:
+    """A rich progress bar fed by core training events."""
+
+    def __enter__(self) -> "_Progress":
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False,
+        )
+        self.task = None
+        self.eval_loss: float | None = None
+        self.started = time.perf_counter()
+        return self
+
+    def event(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "info":
+            err_console.print(payload["message"], style="dim", markup=False)
+        elif kind == "warning":
+            err_console.print("warning: " + payload["message"], style="yellow", markup=False)
+        elif kind == "start":
+            err_console.print(
+                f"{payload['train_samples']:,} train / {payload['eval_samples']:,} eval samples · "
+                f"{payload['trainable_params']:,} trainable parameters · {payload['device']} {payload['precision']} · "
+                f"run dir {payload['output_dir']}",
+                markup=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=payload["total_steps"], completed=payload["start_step"], info="")
+        elif kind == "eval":
+            self.eval_loss = payload["eval_loss"]
+            if self.task is not None:
+                self.bar.update(self.task, info=self._info(None))
+        elif kind == "step" and self.task is not None:
+            self.bar.update(self.task, completed=payload["step"], info=self._info(payload))
+            if not err_console.is_terminal:  # logs (nohup, RunPod, CI) get one plain line per step
+                total = self.bar.tasks[0].total
+                err_console.print(f"step {payload['step']}/{total:.0f} · {self._info(None)}", markup=False)
+        elif kind == "checkpoint":
+            self.bar.console.print(f"checkpoint: {payload['path']}", style="dim", markup=False)
+
+    def _info(self, row: dict[str, Any] | None) -> str:
+        parts = []
+        if row is not None:
+            self.last = row
+        row = getattr(self, "last", None)
+        if row:
+            parts += [f"loss {row['loss']:.3f}", f"{row['supervised_tokens_per_s']:,.0f} sup tok/s", f"peak {row['peak_memory_gb']:.1f} GiB"]
+        if self.eval_loss is not None:
+            parts.insert(1, f"eval {self.eval_loss:.3f}")
+        return " · ".join(parts)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+
+
+def _summary(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="training summary", show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="cyan")
+    table.add_column()
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    table.add_row("steps", f"{result.steps:,}" + (f" (resumed from {result.resumed_from})" if result.resumed_from else ""))
+    table.add_row("samples", f"{result.train_records:,} train / {result.eval_records:,} eval ({result.dropped} dropped, {result.truncated} truncated)")
+    table.add_row("time", f"{result.train_seconds:,.0f} s of training steps")
+    table.add_row("supervised tokens", f"{result.supervised_tokens:,} ({result.supervised_tokens_per_s:,.1f} per s)")
+    table.add_row("eval loss", f"{fmt(result.first_eval_loss)} at start → {fmt(result.final_eval_loss)} at end (best {fmt(result.best_eval_loss)})")
+    table.add_row("peak memory", f"{result.peak_memory_gb:.2f} GiB ({'GPU reserved' if result.device == 'cuda' else 'process RSS'})")
+    table.add_row("adapter", result.adapter_dir)
+    table.add_row("curves", f"{result.output_dir}/metrics.jsonl, {result.output_dir}/loss.png")
+    console.print(table)
+    console.print(
+        "next: use the adapter with peft: PeftModel.from_pretrained(base_model, "
+        f"'{result.adapter_dir}') (qdtool merge / decompose are coming)",
+        markup=False,
+    )

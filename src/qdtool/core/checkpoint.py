@@ -1,0 +1,92 @@
+"""Checkpoints that survive a kill: written to a temp dir, then renamed; the newest K are kept.
+
+A checkpoint holds the LoRA weights (safetensors), the optimizer and scheduler states, the RNG
+states and the step. Restoring all of them makes a resumed run continue the same loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+_STATE = "trainer_state.json"  # written last inside the temp dir: marks a complete checkpoint
+_PREFIX = "step-"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / _STATE).is_file()
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and is_checkpoint(p)]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    dirs = checkpoint_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def drop_after(root: Path, step: int) -> None:
+    """Remove checkpoints newer than `step` (a resume from an older one abandons them)."""
+    for path in checkpoint_dirs(root):
+        if int(path.name[len(_PREFIX):]) > step:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def save_checkpoint(
+    root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], keep: int, scaler: Any = None
+) -> Path:
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{_PREFIX}{step:07d}"
+    for stale in root.glob(".tmp-*"):  # left by a killed save
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp.mkdir()
+    adapter = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(adapter, str(tmp / "adapter.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / _STATE).write_text(json.dumps({**state, "step": step}, indent=2), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any = None) -> dict[str, Any]:
+    """Restore a checkpoint into live objects; returns its trainer state (with `step`)."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and (path / "scaler.pt").is_file():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=False)  # our own file: RNG states include a Python tuple
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / _STATE).read_text(encoding="utf-8"))

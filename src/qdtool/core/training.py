@@ -1,0 +1,374 @@
+"""`train`: LoRA / QLoRA fine-tuning with answer-only loss, packing, checkpoints and resume.
+
+The loop is our own (not HF Trainer) so that the objective, the batch stream and the checkpoint
+contents are exactly what the tests pin down: a resumed run rebuilds the same micro-batch stream
+(epoch e = samples shuffled with seed + e), skips what was done, and restores optimizer, scheduler
+and RNG states, so it continues the same loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from qdtool.config import TrainConfig, dump_config
+from qdtool.core.loss import answer_loss_sum
+from qdtool.errors import ConfigError, TrainingError, TrainingInterrupted
+
+Event = Callable[[str, dict[str, Any]], None]
+
+# Settings that do not change what is learned: a run may be resumed with other values.
+# (max_steps and epochs are not among them: they set the LR schedule's horizon.)
+_RUN_CONTROL = {"eval_steps", "save_steps", "save_total_limit", "report_to", "run_name", "output_dir"}
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    adapter_dir: str
+    steps: int
+    total_steps: int
+    train_records: int
+    eval_records: int
+    dropped: int
+    truncated: int
+    supervised_tokens: int = 0
+    train_seconds: float = 0.0
+    supervised_tokens_per_s: float = 0.0
+    first_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    final_eval_loss: float | None = None
+    final_train_loss: float | None = None
+    peak_memory_gb: float = 0.0
+    resumed_from: str | None = None
+    device: str = ""
+    precision: str = ""
+    trainable_params: int = 0
+    already_complete: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_output_dir(config: TrainConfig) -> Path:
+    model = Path(config.model).name if config.model != "embedded" else "gemma-3-270m"
+    data = Path(config.data).stem if config.data else "examples"
+    return Path("runs") / f"{model}-{data}".replace("/", "-")
+
+
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in _RUN_CONTROL}
+
+
+def prepare_output_dir(config: TrainConfig, overwrite: bool) -> Path:
+    """Refuse to mix two different runs in one directory; `overwrite` clears a qdtool run dir only."""
+    import yaml
+
+    out = Path(config.output_dir)
+    if out.exists() and any(out.iterdir()):
+        saved_path = out / "run_config.yaml"
+        if not saved_path.is_file():
+            raise ConfigError(f"{out} is not empty and holds no qdtool run; choose another --output-dir (qdtool never deletes it)")
+        if overwrite:
+            shutil.rmtree(out)
+        else:
+            saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+            now = config.model_dump(mode="json")
+            differ = sorted(k for k in set(_comparable(saved)) | set(_comparable(now)) if saved.get(k) != now.get(k))
+            if differ:
+                raise ConfigError(
+                    f"{out} holds a run with a different configuration (differs in: {', '.join(differ)}); "
+                    "pass --overwrite to replace it, or choose another --output-dir"
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the step and stops."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _peak_memory_gb(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_reserved() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def train(config: TrainConfig, *, resume: str = "auto", overwrite: bool = False, on_event: Event | None = None) -> TrainResult:
+    """Train a LoRA adapter as `config` says; returns what happened (see TrainResult).
+
+    Raises:
+        ConfigError, DataError, ModelError: before any step runs, with what to change.
+        TrainingError: NaN/inf loss or out of memory, with the step and likely causes.
+        TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved first.
+    """
+    import torch
+
+    from qdtool.core import adapters, batching, checkpoint
+    from qdtool.core.data import read_dataset
+    from qdtool.core.modeling import load_tokenizer
+    from qdtool.core.tracking import MetricsFile, Tracker, plot_losses
+    from qdtool.resources import default_train_files
+
+    emit = on_event or (lambda kind, payload: None)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        emit("warning", {"message": message})
+
+    # 1. everything that can fail cheaply fails before the model loads
+    # Absolute paths, so run_config.yaml works from any directory (resume, merge, decompose).
+    config = config.model_copy(update={
+        "output_dir": Path(config.output_dir or default_output_dir(config)).resolve(),
+        "data": Path(config.data).resolve() if config.data else None,
+        "eval_data": Path(config.eval_data).resolve() if config.eval_data else None,
+    })
+    hardware = adapters.detect_hardware(config)
+    train_files = [Path(config.data)] if config.data else default_train_files()
+    records = [r for path in train_files for r in read_dataset(path)]
+    eval_given = read_dataset(config.eval_data) if config.eval_data else None
+    explicit = resume not in ("auto", "never")
+    if explicit and not checkpoint.is_checkpoint(Path(resume)):
+        raise ConfigError(f"--resume {resume}: not a complete checkpoint directory (use auto, never, or runs/NAME/checkpoints/step-N)")
+    if explicit and overwrite:
+        raise ConfigError("--overwrite would delete the checkpoint that --resume names; pass only one of them")
+    out = prepare_output_dir(config, overwrite)
+    finished = (out / "run_summary.json").is_file()
+    if finished and resume == "auto":
+        summary = json.loads((out / "run_summary.json").read_text(encoding="utf-8"))
+        return TrainResult(**{**summary, "already_complete": True})
+    if resume == "never" and (finished or checkpoint.latest_checkpoint(out / "checkpoints") is not None):
+        raise ConfigError(f"{out} already holds this run and --resume never was given; pass --overwrite to start again")
+    start_from = Path(resume) if explicit else (checkpoint.latest_checkpoint(out / "checkpoints") if resume == "auto" else None)
+
+    if eval_given is not None:
+        train_records, eval_records = records, eval_given
+    else:
+        train_records, eval_records = batching.split_eval(records, config.eval_split, config.eval_max_records, config.seed)
+    (out / "run_config.yaml").write_text(
+        f"# written by qdtool train; `qdtool train --config {out / 'run_config.yaml'}` repeats this run\n" + dump_config(config),
+        encoding="utf-8",
+    )
+
+    # 2. tokenizer, samples, batch plan
+    emit("info", {"message": f"loading {config.model} on {hardware.name} ({hardware.precision})"})
+    progress = lambda message: emit("info", {"message": message})  # noqa: E731
+    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, progress=progress)
+    prompt = {"template": config.template, "language": config.language, "instruction": config.instruction}
+    train_set = batching.encode_records(train_records, tokenizer, config.max_seq_len, config.overlong, **prompt)
+    eval_set = batching.encode_records(eval_records, tokenizer, config.max_seq_len, "truncate", **prompt)
+    if train_set.dropped or train_set.truncated:
+        warn(f"{train_set.dropped} sample(s) over max_seq_len={config.max_seq_len} dropped, {train_set.truncated} truncated "
+             f"(e.g. {', '.join(train_set.examples_of_overlong[:3])})")
+    plan = batching.BatchPlan(train_set.samples, config.seed, config.packing, config.batch_tokens, config.batch_size,
+                              tokenizer.pad_token_id or 0, config.grad_accum)
+    total_steps = config.max_steps or plan.total_steps(config.epochs)
+    eval_batches = batching.pack(eval_set.samples, config.batch_tokens) if config.packing else \
+        batching.pad_batches(eval_set.samples, config.batch_size, tokenizer.pad_token_id or 0)
+
+    # 3. model, LoRA, optimizer
+    torch.manual_seed(config.seed)
+    model = adapters.add_lora(adapters.load_base_model(config, hardware, progress), config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = adapters.build_optimizer(model, config, hardware)
+    scheduler = adapters.build_scheduler(optimizer, config, total_steps)
+    autocast = torch.autocast(device_type="cuda", dtype=hardware.dtype) if hardware.device == "cuda" and hardware.precision != "fp32" else None
+    scaler = torch.amp.GradScaler("cuda") if hardware.precision == "fp16" else None
+    start_step, state = 0, {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0}
+    if start_from is not None:
+        state = checkpoint.load_checkpoint(start_from, model, optimizer, scheduler, scaler)
+        start_step = state["step"]
+        checkpoint.drop_after(out / "checkpoints", start_step)  # an older resume point abandons newer checkpoints
+        emit("info", {"message": f"resuming from {start_from} (step {start_step})"})
+
+    result = TrainResult(str(out), str(out / "adapter"), start_step, total_steps, len(train_set.samples), len(eval_set.samples),
+                         train_set.dropped, train_set.truncated, resumed_from=str(start_from) if start_from else None,
+                         device=hardware.device, precision=hardware.precision, trainable_params=trainable, warnings=warnings)
+    metrics = MetricsFile(out / "metrics.jsonl", start_step)
+    tracker = Tracker(config.report_to, out, config.run_name or out.name, config.model_dump(mode="json"), warn)
+
+    def evaluate(step: int) -> float:
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            with torch.no_grad():
+                for mb in eval_batches:
+                    with autocast or nullcontext():
+                        loss_sum, n = answer_loss_sum(model, mb.to_tensors(hardware.device))
+                    total, count = total + float(loss_sum), count + n
+        except torch.cuda.OutOfMemoryError as exc:
+            raise TrainingError(_oom_message(step, config, "evaluation")) from exc
+        model.train()
+        value = total / max(count, 1)
+        if state["first_eval_loss"] is None:
+            state["first_eval_loss"] = value
+        if state["best_eval_loss"] is None or value < state["best_eval_loss"]:
+            state["best_eval_loss"] = value
+        row = {"step": step, "eval_loss": value}
+        metrics.write(row)
+        tracker.log(row, step)
+        emit("eval", row)
+        state["final_eval_loss"] = value
+        return value
+
+    emit("start", {"total_steps": total_steps, "start_step": start_step, "train_samples": len(train_set.samples),
+                   "eval_samples": len(eval_set.samples), "trainable_params": trainable, "output_dir": str(out),
+                   "device": hardware.name, "precision": hardware.precision})
+    model.train()
+    if start_step == 0:
+        evaluate(0)
+    step = start_step
+    with _StopFlag() as stop:
+        try:
+            for step, epoch, micro in plan.steps(start_step):
+                if step >= total_steps:
+                    break
+                row = _train_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step)
+                state["supervised_tokens"] += row["supervised_tokens"]
+                state["train_seconds"] += row["seconds"]
+                state["final_train_loss"] = row["loss"]
+                row.update(epoch=round(epoch, 4), peak_memory_gb=round(_peak_memory_gb(hardware.device), 3))
+                metrics.write(row)
+                tracker.log(row, step + 1)
+                emit("step", row)
+                done = step + 1
+                stopping = stop.signum is not None and done < total_steps  # on the last step, just finish
+                if not stopping and (done % config.eval_steps == 0 or done == total_steps):
+                    evaluate(done)
+                if done < total_steps and (stopping or done % config.save_steps == 0):
+                    path = checkpoint.save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, state,
+                                                      config.save_total_limit, scaler)
+                    emit("checkpoint", {"path": str(path), "step": done})
+                if stopping:
+                    name = signal.Signals(stop.signum).name
+                    raise TrainingInterrupted(
+                        f"{name} received: checkpoint saved at step {done} in {out / 'checkpoints'}. "
+                        f"Resume with: qdtool train --config {out / 'run_config.yaml'}",
+                        128 + stop.signum,
+                    )
+        finally:
+            tracker.close()
+
+    # 4. the adapter, tokenizer, curve and summary
+    model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out / "adapter"))
+    plot_losses(metrics.rows(), out / "loss.png")
+    result.steps = total_steps
+    result.supervised_tokens = state["supervised_tokens"]
+    result.train_seconds = state["train_seconds"]
+    result.supervised_tokens_per_s = state["supervised_tokens"] / max(state["train_seconds"], 1e-9)
+    result.first_eval_loss, result.best_eval_loss = state["first_eval_loss"], state["best_eval_loss"]
+    result.final_train_loss = state.get("final_train_loss")
+    result.final_eval_loss = state.get("final_eval_loss")
+    result.peak_memory_gb = _peak_memory_gb(hardware.device)
+    _write_atomically(out / "run_summary.json", json.dumps(result.to_dict(), indent=2))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the adapter is final; checkpoints only served resume
+    emit("done", result.to_dict())
+    return result
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _train_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int) -> dict[str, Any]:
+    import torch
+
+    try:
+        return _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrainingError(_oom_message(step, config, "training")) from exc
+
+
+def _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int) -> dict[str, Any]:
+    import torch
+
+    started = time.perf_counter()
+    n_supervised = sum(mb.supervised_tokens for mb in micro)
+    loss_value = 0.0
+    for mb in micro:
+        with autocast or nullcontext():
+            loss_sum, _ = answer_loss_sum(model, mb.to_tensors(hardware.device))
+        loss = loss_sum / max(n_supervised, 1)  # token mean over the whole step, not per micro-batch
+        (scaler.scale(loss) if scaler else loss).backward()
+        loss_value += float(loss.detach())
+    if not math.isfinite(loss_value):
+        raise TrainingError(
+            f"the loss became {loss_value} at step {step + 1}. Likely causes: a learning rate too high "
+            f"(now {config.lr:g}; try {config.lr / 4:g}), fp16 overflow (use --precision bf16 or fp32), or broken "
+            "samples (run `qdtool validate-data`). Checkpoints before this step are kept."
+        )
+    if scaler:
+        scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")))
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if hardware.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {
+        "step": step + 1,
+        "loss": loss_value,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "supervised_tokens": n_supervised,
+        "tokens": sum(mb.tokens for mb in micro),
+        "samples": sum(mb.n_samples for mb in micro),
+        "seconds": seconds,
+        "supervised_tokens_per_s": n_supervised / seconds,
+    }
+
+
+def _oom_message(step: int, config: TrainConfig, phase: str) -> str:
+    import torch
+
+    used = torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0.0
+    return (
+        f"out of GPU memory during {phase} at step {step + 1} ({used:.1f} of {total:.1f} GiB reserved). Try, in this order: "
+        f"--batch-tokens {max(config.max_seq_len, config.batch_tokens // 2)} (now {config.batch_tokens}), "
+        "--gradient-checkpointing, --quantization 4bit, "
+        f"--max-seq-len {max(64, config.max_seq_len // 2)} (now {config.max_seq_len}), or a smaller model."
+    )

@@ -1,0 +1,222 @@
+"""core/training.py: a run directory that is complete, reproducible, resumable and safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from qdtool.config import TrainConfig, load_train_config
+from qdtool.core import training
+from qdtool.errors import ConfigError, TrainingError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
+TESTS = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    lines = (EXAMPLES / "strategyqa_train.jsonl").read_text(encoding="utf-8").splitlines()[:30]
+    lines += (EXAMPLES / "ko_samples.jsonl").read_text(encoding="utf-8").splitlines()[:10]
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(model=str(model_dir), data=str(data), output_dir=str(out), max_steps=6, batch_tokens=1024,
+                  max_seq_len=512, eval_steps=3, save_steps=100, lr=3e-3, report_to="none", eval_split=0.2)
+    return load_train_config(overrides={**values, **overrides})
+
+
+def losses(out: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_run_dir_is_complete_and_eval_loss_falls(tiny_model_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    result = training.train(make_config(tiny_model_dir, data_file, out))
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "tokenizer_config.json").is_file()
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = load_train_config(out / "run_config.yaml")
+    assert saved.model == str(tiny_model_dir) and saved.max_seq_len == 512
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [0, 3, 6]
+    step_row = next(r for r in rows if "loss" in r)
+    assert {"lr", "grad_norm", "supervised_tokens_per_s", "peak_memory_gb", "epoch"} <= set(step_row)
+    assert result.final_eval_loss < result.first_eval_loss
+    assert result.train_records == 32 and result.eval_records == 8
+    assert not (out / "checkpoints").exists()
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["supervised_tokens"] == result.supervised_tokens > 0
+
+
+def test_same_seed_same_loss_curve(tiny_model_dir, data_file, tmp_path):
+    training.train(make_config(tiny_model_dir, data_file, tmp_path / "a"))
+    training.train(make_config(tiny_model_dir, data_file, tmp_path / "b"))
+    training.train(make_config(tiny_model_dir, data_file, tmp_path / "c", seed=7))
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "a")), torch.tensor(losses(tmp_path / "b")), rtol=0, atol=1e-6)
+    assert losses(tmp_path / "a") != losses(tmp_path / "c")
+
+
+def test_a_finished_run_is_not_redone_and_a_different_one_is_refused(tiny_model_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    training.train(make_config(tiny_model_dir, data_file, out, max_steps=2))
+    again = training.train(make_config(tiny_model_dir, data_file, out, max_steps=2))
+    assert again.already_complete
+    with pytest.raises(ConfigError, match=r"different configuration \(differs in: lora_r, lr\)"):
+        training.train(make_config(tiny_model_dir, data_file, out, max_steps=2, lr=1e-4, lora_r=4))
+    replaced = training.train(make_config(tiny_model_dir, data_file, out, max_steps=2, lr=1e-4), overwrite=True)
+    assert not replaced.already_complete and load_train_config(out / "run_config.yaml").lr == 1e-4
+    with pytest.raises(ConfigError, match="--resume never was given"):
+        training.train(make_config(tiny_model_dir, data_file, out, max_steps=2, lr=1e-4), resume="never")
+    stranger = tmp_path / "not-a-run"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    for overwrite in (False, True):  # never deleted, even with --overwrite
+        with pytest.raises(ConfigError, match="holds no qdtool run"):
+            training.train(make_config(tiny_model_dir, data_file, stranger), overwrite=overwrite)
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_nan_loss_stops_with_the_step(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    real = training.answer_loss_sum
+
+    def poisoned(model, batch):
+        total, count = real(model, batch)
+        return total * float("nan"), count
+
+    monkeypatch.setattr(training, "answer_loss_sum", poisoned)
+    with pytest.raises(TrainingError, match=r"the loss became nan at step 1\. Likely causes: a learning rate too high"):
+        training.train(make_config(tiny_model_dir, data_file, tmp_path / "run"))
+
+
+def test_cpu_refuses_quantization_before_loading(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    for option in ({"quantization": "4bit"}, {"quantization": "8bit"}, {"optimizer": "paged_adamw_8bit"}):
+        with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+            training.train(make_config(tiny_model_dir, data_file, tmp_path / "q", **option))
+    assert not (tmp_path / "q" / "metrics.jsonl").exists()
+
+
+def test_a_failing_tracker_never_kills_training(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    result = training.train(make_config(tiny_model_dir, data_file, tmp_path / "run", max_steps=2, report_to="wandb"))
+    assert result.steps == 2
+    assert any("wandb could not start" in w for w in result.warnings)
+
+
+# A slowed-down `qdtool train` in a child process, so a test can kill it mid-run.
+_SLOW_RUNNER = """
+import sys, time
+from qdtool.core import training
+real = training._train_step
+def slow(*args, **kwargs):
+    time.sleep(0.3)
+    return real(*args, **kwargs)
+training._train_step = slow
+from qdtool.cli.app import app
+app(sys.argv[1:])
+"""
+
+
+def _cli_args(model_dir, data, out, steps=10):
+    return ["train", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", str(steps),
+            "--batch-tokens", "1024", "--max-seq-len", "512", "--save-steps", "2", "--eval-steps", "100", "--lr", "3e-3",
+            "--report-to", "none", "--eval-split", "0.2"]
+
+
+def _spawn(args, slow: bool):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    code = _SLOW_RUNNER if slow else "import sys\nfrom qdtool.cli.app import app\napp(sys.argv[1:])"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc, timeout=120.0):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_kill_9_then_resume_continues_the_same_curve(tiny_model_dir, data_file, tmp_path):
+    reference = tmp_path / "reference"
+    proc = _spawn(_cli_args(tiny_model_dir, data_file, reference), slow=False)
+    assert proc.wait(timeout=300) == 0, proc.communicate()
+
+    out = tmp_path / "killed"
+    proc = _spawn(_cli_args(tiny_model_dir, data_file, out), slow=True)
+    _wait_for(out / "checkpoints" / "step-0000004" / "trainer_state.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "run_summary.json").exists()  # it really died mid-run
+    assert max(json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()) >= 4
+
+    resumed = _spawn(_cli_args(tiny_model_dir, data_file, out), slow=False)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert "resuming from" in stderr
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(l)]
+    assert steps == list(range(1, 11))  # no step lost, none twice
+    torch.testing.assert_close(torch.tensor(losses(out)), torch.tensor(losses(reference)), rtol=0, atol=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    proc = _spawn(_cli_args(tiny_model_dir, data_file, out, steps=50), slow=True)
+    _wait_for(out / "metrics.jsonl", proc)
+    while "loss" not in (out / "metrics.jsonl").read_text():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "SIGTERM received: checkpoint saved at step" in stderr
+    assert f"Resume with: qdtool train --config {out / 'run_config.yaml'}" in " ".join(stderr.split())
+    state = json.loads(next((out / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    assert 1 <= state["step"] < 50
+
+
+def test_grad_accumulation_equals_one_big_batch(tiny_tokenizer):
+    """Two micro-batches (grad_accum 2) give the same update as one micro-batch holding both."""
+    import copy
+
+    from conftest import build_tiny_model
+    from qdtool.core.adapters import Hardware, add_lora
+    from qdtool.core.batching import pack
+    from qdtool.core.prompts import encode_sample
+
+    records = [json.loads(line) for line in (EXAMPLES / "strategyqa_train.jsonl").read_text().splitlines()[:4]]
+    samples = [encode_sample(tiny_tokenizer, r["question"], r["sub_questions"]) for r in records]
+    config = TrainConfig(lora_dropout=0.0, max_grad_norm=0.0, lora_r=4)
+    torch.manual_seed(0)
+    base = add_lora(build_tiny_model(len(tiny_tokenizer)).float(), config)
+    for p in base.parameters():  # make LoRA B non-zero so every LoRA weight gets a gradient
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    updated = []
+    for micro in ([pack(samples[:2], 10_000)[0], pack(samples[2:], 10_000)[0]], [pack(samples, 10_000)[0]]):
+        model = copy.deepcopy(base).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        training._train_step(model, optimizer, scheduler, None, None, micro, config, Hardware("cpu", "fp32", "CPU"), 0)
+        updated.append(torch.cat([p.detach().flatten() for p in params]))
+    torch.testing.assert_close(updated[0], updated[1], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(updated[0], torch.cat([p.detach().flatten() for p in base.parameters() if p.requires_grad]))
