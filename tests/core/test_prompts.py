@@ -73,6 +73,8 @@ def test_labels_are_exactly_the_answer_and_eos(tiny_tokenizer, tiny_chat_tokeniz
         ("Step 1: A?\nStep 2: B?", ["A?", "B?"]),
         ("1. A?\n2. B?<eos>3. junk", ["A?", "B?"]),
         ("1. A?\n\n### Question:\nnext", ["A?"]),
+        ("Sure! Here they are:\n1. A?\n2. B?\nHope this helps.", ["A?", "B?"]),
+        ("Just a sentence without any list.", []),
         ("1. 세종은 언제 태어났는가?\n2. #1은 조선 건국 후 몇 년인가?", ["세종은 언제 태어났는가?", "#1은 조선 건국 후 몇 년인가?"]),
         ("", []),
         ("   \n\n", []),

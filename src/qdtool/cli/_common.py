@@ -39,3 +39,14 @@ def status(message: str) -> Iterator[Callable[[str], None]]:
         def update(text: str) -> None:
             spinner.update(text)
         yield update
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter that tells a qdtool user nothing actionable (call before heavy imports)."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "Failed to load CPU gemm_4bit_forward ..." on CPUs
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # "Loading weights" bars of transformers / huggingface_hub: our own status line says what loads.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from qdtool.cli._common import console, err_console, user_errors
+from qdtool.cli._common import console, err_console, quiet_libraries, user_errors
 from qdtool.config import TrainConfig
 
 EXAMPLES = """
@@ -77,7 +77,7 @@ def train(
     from qdtool.config import load_train_config
     from qdtool.core.training import train as run
 
-    _quiet_libraries()
+    quiet_libraries()
     with user_errors():
         overrides = {k: _to_override(k, v) for k, v in fields.items() if v is not None}
         clear_max_steps = overrides.get("max_steps") == 0  # --max-steps 0: train by --epochs instead
@@ -91,15 +91,6 @@ def train(
     if result.already_complete:
         console.print(f"{result.output_dir} is already complete ({result.steps} steps). Pass --overwrite to train it again.")
     _summary(result)
-
-
-def _quiet_libraries() -> None:
-    """Silence library chatter that says nothing actionable to a qdtool user."""
-    import logging
-    import warnings
-
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "Failed to load CPU gemm_4bit_forward ..." on CPUs
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def _build_signature() -> None:
@@ -185,8 +176,5 @@ def _summary(result: Any) -> None:
     table.add_row("adapter", result.adapter_dir)
     table.add_row("curves", f"{result.output_dir}/metrics.jsonl, {result.output_dir}/loss.png")
     console.print(table)
-    console.print(
-        "next: use the adapter with peft: PeftModel.from_pretrained(base_model, "
-        f"'{result.adapter_dir}') (qdtool merge / decompose are coming)",
-        markup=False,
-    )
+    console.print(f"next: qdtool decompose --model {result.output_dir} \"your question\"", markup=False, soft_wrap=True)
+    console.print(f"      qdtool merge {result.output_dir}     (a standalone model)", markup=False, soft_wrap=True)

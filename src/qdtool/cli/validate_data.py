@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from qdtool.cli._common import console, status, user_errors
+from qdtool.cli._common import console, quiet_libraries, status, user_errors
 
 EXAMPLES = """
 Examples:
@@ -43,6 +43,7 @@ def validate_data(
 
     if template not in ("auto", "plain", "chat"):
         raise typer.BadParameter("must be auto, plain or chat", param_hint="--template")
+    quiet_libraries()
     with user_errors():
         with status("loading the tokenizer") as say:
             report = run(files, against=against or (), model=model, trust_remote_code=trust_remote_code, progress=say, template=template)

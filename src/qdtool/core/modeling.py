@@ -155,7 +155,9 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False, progress: Prog
     """The tokenizer of a model spec (see `resolve_model`)."""
     from transformers import AutoTokenizer
 
-    location = model_location(spec, progress)
+    path = Path(spec)
+    # a tokenizer-only directory (an adapter dir saved by `train`) is fine here
+    location = spec if (path / "tokenizer_config.json").is_file() else model_location(spec, progress)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

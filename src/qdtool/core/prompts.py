@@ -130,10 +130,11 @@ class ParsedOutput:
 
 
 def parse_sub_questions(text: str, stop_markers: Sequence[str] = ()) -> ParsedOutput:
-    """Sub-questions from a model's answer: numbered or bulleted lines, numbering removed.
+    """Sub-questions from a model's answer: its numbered (or bulleted) lines, numbering removed.
 
     Text after a stop marker (EOS, end-of-turn) or after a line that restarts the template
-    (`### ...`) is ignored. Output with no usable line gives an empty list (`parse_ok` False).
+    (`### ...`) is ignored, and so are unnumbered lines (chatter around the list). Output without a
+    single numbered step gives an empty list: `parse_ok` is False and the raw text is kept.
     """
     body = text
     for marker in stop_markers:
@@ -143,7 +144,9 @@ def parse_sub_questions(text: str, stop_markers: Sequence[str] = ()) -> ParsedOu
     for line in body.splitlines():
         if line.lstrip().startswith("###"):
             break
-        step = _NUMBERING.sub("", line, count=1).strip()
-        if step:
-            steps.append(step)
+        match = _NUMBERING.match(line)
+        if match:
+            step = line[match.end():].strip()
+            if step:
+                steps.append(step)
     return ParsedOutput(steps, text)

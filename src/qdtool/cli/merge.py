@@ -1,0 +1,39 @@
+"""`qdtool merge`: fold a run's LoRA adapter into its base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qdtool.cli._common import console, quiet_libraries, status, user_errors
+
+EXAMPLES = """
+Examples:
+
+  qdtool merge runs/gemma-3-270m-examples
+
+  qdtool merge runs/qwen-7b --output models/qwen-7b-decomposer --dtype bf16
+"""
+
+
+def merge(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (from qdtool train).", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the merged model. [default: RUN_DIR/merged]", show_default=False)] = None,
+    dtype: Annotated[str, typer.Option(metavar="bf16|fp16|fp32", help="Precision of the merged weights.")] = "bf16",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier merge output.")] = False,
+) -> None:
+    """Merge the LoRA adapter into the base model: a standalone model, verified before it is saved."""
+    from qdtool.core.merging import merge as run
+
+    quiet_libraries()
+    with user_errors():
+        with status("merging") as say:
+            result = run(run_dir, output, dtype=dtype, overwrite=overwrite, progress=say)
+    console.print(
+        f"✓ merged into {result.output_dir} ({result.parameters / 1e6:,.0f}M parameters, {result.dtype}, {result.size_gb:.2f} GB); "
+        f"logits match base + adapter within {result.max_abs_logit_diff:.2g} (tolerance {result.tolerance})",
+        markup=False, soft_wrap=True,
+    )
+    console.print(f"next: qdtool decompose --model {result.output_dir} \"your question\"", markup=False, soft_wrap=True)

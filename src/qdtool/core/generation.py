@@ -1,0 +1,270 @@
+"""`decompose`: load a decomposer (run dir, merged dir, hub id, embedded) and generate, batched.
+
+Prompts come from the one renderer used in training, with the prompt settings the run was trained
+with (its run_config.yaml). Questions are sorted by length and generated in left-padded batches;
+every output is parsed, and a malformed one becomes `parse_ok: false` with the raw text kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from qdtool.core.prompts import parse_sub_questions, render_prompt, uses_chat_template
+from qdtool.errors import DataError, UsageError
+
+Progress = Callable[[int, int], None]  # (done, total)
+RUN_CONFIG = "run_config.yaml"
+# End-of-turn markers of common chat templates: generation stops there and parsing cuts there.
+_TURN_ENDS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>")
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    num_return_sequences: int = 1
+    batch_size: int = 16
+
+
+@dataclass
+class Decomposer:
+    """A model + tokenizer ready to decompose, with the prompt settings it was trained with."""
+
+    model: Any
+    tokenizer: Any
+    prompt_options: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def stop_markers(self) -> list[str]:
+        markers = [m for m in _TURN_ENDS if m in self.tokenizer.get_vocab()]
+        return [self.tokenizer.eos_token, *markers] if self.tokenizer.eos_token else markers
+
+    def prompt(self, question: str) -> str:
+        return render_prompt(question, self.tokenizer, **self.prompt_options)
+
+
+def latest_run(runs_dir: Path = Path("runs")) -> Path | None:
+    """The most recently finished (or last written) run directory under runs/."""
+    if not runs_dir.is_dir():
+        return None
+    runs = [p for p in runs_dir.iterdir() if (p / RUN_CONFIG).is_file() and ((p / "adapter").is_dir() or (p / "config.json").is_file())]
+    return max(runs, key=lambda p: (p / RUN_CONFIG).stat().st_mtime, default=None)
+
+
+def _prompt_options(config: Any) -> dict[str, Any]:
+    return {"template": config.template, "language": config.language, "instruction": config.instruction}
+
+
+def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code: bool = False, progress=None) -> Decomposer:
+    """Resolve a model spec for inference.
+
+    A run dir (run_config.yaml + adapter/) loads its base model with the adapter on top (in 4-bit
+    on a GPU when it was trained so); a merged dir or any other spec loads as is.
+
+    Raises:
+        UsageError: no spec and no run under runs/.
+        ModelError: the spec cannot be loaded.
+    """
+    import torch
+
+    from qdtool.config import load_train_config
+    from qdtool.core.modeling import load_model, load_tokenizer
+
+    if spec is None:
+        found = latest_run()
+        if found is None:
+            raise UsageError("no model given and no run in runs/: pass --model RUN_DIR, a merged model dir, a hub id, or 'embedded'")
+        spec = str(found)
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible")
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_cuda else torch.float32
+    device_map = {"": 0} if use_cuda else None
+    path = Path(spec)
+    run_config = path / RUN_CONFIG
+    if run_config.is_file() and (path / "adapter").is_dir():
+        from peft import PeftModel
+
+        config = load_train_config(run_config)
+        quantization = None
+        if use_cuda and config.quantization == "4bit":
+            from transformers import BitsAndBytesConfig
+
+            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_use_double_quant=config.double_quant, bnb_4bit_compute_dtype=dtype)
+        base = load_model(config.model, dtype=dtype, device_map=device_map, quantization_config=quantization,
+                          trust_remote_code=trust_remote_code or config.trust_remote_code, progress=progress)
+        model = PeftModel.from_pretrained(base, str(path / "adapter"))
+        if quantization is None:
+            # Fold the adapter into the 16/32-bit weights in memory: the same function, no per-layer
+            # LoRA matmuls at every generated token. (A 4-bit base keeps the adapter separate.)
+            model = model.merge_and_unload()
+        tokenizer = load_tokenizer(str(path / "adapter"))
+        options = _prompt_options(config)
+    else:
+        model = load_model(spec, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, progress=progress)
+        tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code, progress=progress)
+        options = _prompt_options(load_train_config(run_config)) if run_config.is_file() else {}
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues on the right
+    return Decomposer(model, tokenizer, options, spec)
+
+
+@dataclass
+class Decomposition:
+    question: str
+    sub_questions: list[str]
+    raw: str
+    parse_ok: bool
+    extra: dict[str, Any] = field(default_factory=dict)  # input fields kept (id, ...)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # with num_return_sequences > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        row = {**self.extra, "question": self.question, "sub_questions": self.sub_questions, "raw": self.raw, "parse_ok": self.parse_ok}
+        if self.samples:
+            row["samples"] = self.samples
+        return row
+
+
+def read_questions(path: str | Path, text: str | None = None) -> list[dict[str, Any]]:
+    """Questions from JSONL / a JSON array of records (each with "question"), or plain lines.
+
+    `path` "-" reads `text` (stdin's content). Fields other than "question" are kept.
+    """
+    if text is None:
+        source = Path(path)
+        if not source.is_file():
+            raise UsageError(f"{path}: no such file")
+        text = source.read_text(encoding="utf-8-sig")
+    stripped = text.strip()
+    if not stripped:
+        raise DataError(f"{path}: no questions")
+    rows: list[Any]
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    elif stripped.startswith("{"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{number}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    else:
+        rows = [{"question": line.strip()} for line in text.splitlines() if line.strip()]
+    questions = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise DataError(f"{path}: record {index + 1} has no \"question\" string")
+        questions.append(row)
+    return questions
+
+
+def _streamer(tokenizer: Any, on_text: Callable[[str], None]):
+    from transformers.generation.streamers import BaseStreamer
+
+    class _Stream(BaseStreamer):
+        def __init__(self) -> None:
+            self.ids: list[int] = []
+            self.shown = 0
+            self.prompt_seen = False
+
+        def put(self, value: Any) -> None:
+            if not self.prompt_seen:  # the first call carries the prompt
+                self.prompt_seen = True
+                return
+            self.ids.extend(value.reshape(-1).tolist())
+            text = tokenizer.decode(self.ids, skip_special_tokens=True)
+            if len(text) > self.shown and not text.endswith("\ufffd"):
+                on_text(text[self.shown :])
+                self.shown = len(text)
+
+        def end(self) -> None:
+            pass
+
+    return _Stream()
+
+
+def decompose(
+    decomposer: Decomposer,
+    rows: Sequence[dict[str, Any]],
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    progress: Progress | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> list[Decomposition]:
+    """Decompose every row's "question", in input order; batches are formed by prompt length.
+
+    Args:
+        on_text: stream the generated text of a single question as it comes (batch of one).
+    """
+    import torch
+
+    tokenizer, model = decomposer.tokenizer, decomposer.model
+    prompts = [decomposer.prompt(row["question"]) for row in rows]
+    chat = uses_chat_template(tokenizer, decomposer.prompt_options.get("template", "auto"))
+    encoded = [tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in prompts]  # as in training
+    order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
+    results: list[Decomposition | None] = [None] * len(rows)
+    eos_ids = [tokenizer.convert_tokens_to_ids(m) for m in decomposer.stop_markers]
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": settings.max_new_tokens,
+        "num_return_sequences": settings.num_return_sequences,
+        "eos_token_id": sorted({i for i in eos_ids if isinstance(i, int) and i >= 0}) or None,
+        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    }
+    if settings.temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    device = next(model.parameters()).device
+    done = 0
+    for start in range(0, len(order), settings.batch_size):
+        batch = order[start : start + settings.batch_size]
+        width = max(len(encoded[i]) for i in batch)
+        pad = gen_kwargs["pad_token_id"]
+        input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
+        attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
+        streamer = _streamer(tokenizer, on_text) if on_text is not None and len(rows) == 1 else None
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids, attention_mask=attention, streamer=streamer, **gen_kwargs)
+        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=False)
+        n = settings.num_return_sequences
+        for k, index in enumerate(batch):
+            parsed = [parse_sub_questions(_until_stop(t, tokenizer, decomposer.stop_markers)) for t in texts[k * n : (k + 1) * n]]
+            row = rows[index]
+            first = parsed[0]
+            samples = [{"sub_questions": p.sub_questions, "raw": p.raw, "parse_ok": p.parse_ok} for p in parsed] if n > 1 else []
+            extra = {key: value for key, value in row.items() if key not in ("question", "sub_questions")}
+            results[index] = Decomposition(row["question"], first.sub_questions, first.raw, first.parse_ok, extra, samples)
+        done += len(batch)
+        if progress:
+            progress(done, len(rows))
+    return [r for r in results if r is not None]
+
+
+def _until_stop(text: str, tokenizer: Any, stop_markers: Sequence[str]) -> str:
+    """Generated text without padding, cut at the first stop marker (EOS, end of turn)."""
+    if tokenizer.pad_token:
+        text = text.replace(tokenizer.pad_token, "")
+    for marker in stop_markers:
+        if marker:
+            text = text.split(marker, 1)[0]
+    return text.strip()
+
+
+def write_jsonl(results: Iterable[Decomposition], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for result in results:
+            f.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+
+
+__all__ = ["Decomposer", "Decomposition", "GenerationSettings", "decompose", "latest_run", "load_decomposer", "read_questions"]

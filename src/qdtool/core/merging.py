@@ -1,0 +1,191 @@
+"""`merge`: fold a run's LoRA adapter into its base model and save a standalone model.
+
+The base is always loaded in the chosen 16/32-bit precision, never in 4-bit, even for a QLoRA run:
+merging into a quantized base and re-quantizing drifts silently. Before reporting success, the
+merged model's logits are compared with base + adapter on rendered prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from qdtool.errors import ConfigError, TrainingError, UsageError
+
+# Max |logit difference| accepted between merged and base + adapter, per dtype. Merging rounds
+# W + BA once to the dtype; bf16 keeps 8 mantissa bits, so logits of size ~30 may move by ~0.1-0.3.
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.1, "bf16": 0.5}
+_PROBES = [
+    "Was Aristotle alive when the laptop was invented?",
+    "Could a llama birth twice during the War in Vietnam?",
+    "세종대왕이 태어났을 때 조선은 건국된 지 100년이 넘었는가?",
+]
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class MergeResult:
+    output_dir: str
+    base_model: str
+    dtype: str
+    max_abs_logit_diff: float
+    tolerance: float
+    parameters: int
+    size_gb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str = "bf16", overwrite: bool = False,
+          progress: Progress | None = None) -> MergeResult:
+    """Merge `run_dir/adapter` into its base model and save safetensors + tokenizer + model card.
+
+    Raises:
+        UsageError: not a finished run dir; output exists without `overwrite`; not enough disk.
+        TrainingError: the merged logits differ from base + adapter beyond the tolerance (exit 1).
+    """
+    import torch
+    from peft import PeftModel
+
+    from qdtool.config import load_train_config
+    from qdtool.core.modeling import load_model, load_tokenizer
+
+    say = progress or (lambda _m: None)
+    run = Path(run_dir)
+    if not (run / "run_config.yaml").is_file() or not (run / "adapter" / "adapter_config.json").is_file():
+        raise UsageError(f"{run} is not a finished qdtool run (it needs run_config.yaml and adapter/); train one with `qdtool train`")
+    if dtype not in TOLERANCE:
+        raise ConfigError(f"--dtype must be one of {', '.join(TOLERANCE)} (got {dtype})")
+    out = Path(output) if output else run / "merged"
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out} already exists; pass --overwrite to replace it, or --output another directory")
+        if not (out / "qdtool_merge.json").is_file():
+            raise UsageError(f"{out} is not a qdtool merge output; qdtool will not delete it; choose another --output")
+    config = load_train_config(run / "run_config.yaml")
+
+    say(f"loading {config.model} in {dtype} (never 4-bit, whatever the training used)")
+    base = load_model(config.model, dtype=_dtype(dtype), trust_remote_code=config.trust_remote_code, progress=say)
+    parameters = sum(p.numel() for p in base.parameters())
+    size_gb = parameters * torch.finfo(_dtype(dtype)).bits / 8 / 1e9
+    _check_disk(out, size_gb)
+    tokenizer = load_tokenizer(str(run / "adapter"))
+    model = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+
+    say("checking: logits of base + adapter")
+    batch = _probe_batch(tokenizer, config)
+    with torch.no_grad():
+        expected = model(**batch).logits.float()
+    say("merging")
+    merged = model.merge_and_unload().eval()
+    with torch.no_grad():
+        got = merged(**batch).logits.float()
+    mask = batch["attention_mask"].bool()
+    diff = float((got - expected).abs()[mask].max())
+    if diff > TOLERANCE[dtype]:
+        raise TrainingError(
+            f"merge check failed: merged logits differ from base + adapter by {diff:.4g} (tolerance {TOLERANCE[dtype]} for {dtype}); "
+            "nothing was written. Try --dtype fp32."
+        )
+
+    say(f"writing {out}")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    merged.config.use_cache = True
+    merged.save_pretrained(str(out), safe_serialization=True, max_shard_size="2GB")
+    tokenizer.save_pretrained(str(out))
+    _generation_config(merged, tokenizer).save_pretrained(str(out))
+    shutil.copy(run / "run_config.yaml", out / "run_config.yaml")  # decompose reads the prompt settings from it
+    result = MergeResult(str(out), config.model, dtype, diff, TOLERANCE[dtype], parameters, round(size_gb, 3))
+    (out / "qdtool_merge.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    (out / "README.md").write_text(model_card(run, config, result), encoding="utf-8")
+    return result
+
+
+def _probe_batch(tokenizer: Any, config: Any) -> dict[str, Any]:
+    import torch
+
+    from qdtool.core.prompts import format_answer, render_prompt, uses_chat_template
+
+    chat = uses_chat_template(tokenizer, config.template)
+    texts = [render_prompt(q, tokenizer, template=config.template, language=config.language, instruction=config.instruction)
+             + format_answer(["First step?", "Second step using #1?"]) for q in _PROBES]
+    rows = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {
+        "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+    }
+
+
+def _generation_config(model: Any, tokenizer: Any) -> Any:
+    """Greedy decoding that stops at the EOS the model was trained to emit."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig.from_model_config(model.config)
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    config.do_sample = False
+    config.max_new_tokens = 256
+    return config
+
+
+def _check_disk(out: Path, size_gb: float) -> None:
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    free_gb = shutil.disk_usage(parent).free / 1e9
+    if free_gb < size_gb * 1.1 + 0.1:
+        raise UsageError(f"not enough disk space for the merged model: {size_gb:.1f} GB needed, {free_gb:.1f} GB free at {parent}")
+
+
+def model_card(run: Path, config: Any, result: MergeResult) -> str:
+    from qdtool import __version__
+    from qdtool.config import dump_config
+
+    licence = (
+        "Gemma Terms of Use (https://ai.google.dev/gemma/terms): this is a derivative of Gemma 3 270M."
+        if config.model == "embedded" else f"the licence of the base model `{config.model}` applies; see its model card."
+    )
+    summary = json.loads((run / "run_summary.json").read_text()) if (run / "run_summary.json").is_file() else {}
+    data = str(config.data) if config.data else "qdtool's bundled examples (StrategyQA, MIT; Korean samples by the qdtool team)"
+    lines = [
+        "---", "tags: [qdtool, question-decomposition, lora-merged]", "---", "",
+        f"# Question decomposer merged from `{run.name}`", "",
+        "Splits a complex question into simple sub-questions (numbered, one per line; `#k` refers to the answer of step k).",
+        f"Made with qdtool {__version__}: LoRA fine-tuning, then the adapter merged into the base in {result.dtype}.", "",
+        "| | |", "|---|---|",
+        f"| base model | `{config.model}` |",
+        f"| licence | {licence} |",
+        f"| training data | {data} |",
+        f"| samples | {summary.get('train_records', '?')} train / {summary.get('eval_records', '?')} eval |",
+        f"| steps | {summary.get('steps', '?')} |",
+        f"| eval loss (answer tokens) | {_fmt(summary.get('first_eval_loss'))} → {_fmt(summary.get('final_eval_loss'))} |",
+        f"| merge check | max abs logit difference {result.max_abs_logit_diff:.3g} (tolerance {result.tolerance}) |",
+        "",
+    ]
+    report = run / "eval" / "report.json"
+    if report.is_file():
+        metrics = json.loads(report.read_text()).get("metrics", {})
+        lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+        lines.append("")
+    lines += ["## Use", "", "```bash", f"qdtool decompose --model {result.output_dir} \"Was Aristotle alive when the laptop was invented?\"", "```", "",
+              "## Training configuration", "", "```yaml", dump_config(config).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "-")

@@ -1,0 +1,90 @@
+"""core/generation.py: batching keeps order and fields; good and bad outputs are both handled."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qdtool.core.generation import Decomposer, GenerationSettings, decompose, read_questions
+from qdtool.errors import DataError, UsageError
+
+
+class ScriptedModel(torch.nn.Module):
+    """Answers each prompt with a scripted text, like generate() would (left-padded batch in, ids out)."""
+
+    def __init__(self, tokenizer, answers: dict[str, str]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.tokenizer, self.answers = tokenizer, answers
+        self.batches: list[int] = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, num_return_sequences, eos_token_id, pad_token_id, **kwargs):
+        self.batches.append(input_ids.shape[0])
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask):
+            prompt = self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+            answer = next(a for q, a in self.answers.items() if q in prompt)
+            out = self.tokenizer(answer, add_special_tokens=False)["input_ids"][:max_new_tokens] + [self.tokenizer.eos_token_id]
+            rows.append(ids.tolist() + out)
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])
+
+
+ANSWERS = {
+    "Aristotle": "1. When did Aristotle die?\n2. When was the laptop invented?\n3. Is #2 before #1?",
+    "llama": "I do not know what you mean.",
+    "세종": "1. 세종대왕은 몇 년에 태어났는가?\n2. 조선은 몇 년에 건국되었는가?\n3. #1에서 #2를 뺀 값은 100보다 큰가?",
+}
+
+
+def test_batched_decomposition_keeps_order_fields_and_flags_bad_output(tiny_tokenizer):
+    tiny_tokenizer.padding_side = "left"
+    model = ScriptedModel(tiny_tokenizer, ANSWERS)
+    rows = [
+        {"id": "a", "question": "Could a llama birth twice during the War in Vietnam?"},
+        {"id": "b", "question": "Was Aristotle alive when the laptop was invented?", "source": "sqa"},
+        {"id": "c", "question": "세종대왕이 태어났을 때 조선은 건국된 지 100년이 넘었는가?"},
+    ]
+    seen = []
+    results = decompose(Decomposer(model, tiny_tokenizer), rows, GenerationSettings(batch_size=2, max_new_tokens=200),
+                        progress=lambda done, total: seen.append((done, total)))
+    assert [r.extra["id"] for r in results] == ["a", "b", "c"]
+    assert results[1].sub_questions == ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]
+    assert results[1].parse_ok and results[1].extra["source"] == "sqa"
+    assert results[2].sub_questions[2] == "#1에서 #2를 뺀 값은 100보다 큰가?"
+    assert not results[0].parse_ok and results[0].sub_questions == [] and results[0].raw == "I do not know what you mean."
+    assert model.batches == [2, 1] and seen == [(2, 3), (3, 3)]
+    row = results[0].to_dict()
+    assert row == {"id": "a", "question": rows[0]["question"], "sub_questions": [], "raw": "I do not know what you mean.", "parse_ok": False}
+
+
+def test_streaming_a_single_question(tiny_tokenizer):
+    tiny_tokenizer.padding_side = "left"
+    from qdtool.core.generation import _streamer
+
+    pieces = []
+    streamer = _streamer(tiny_tokenizer, pieces.append)
+    streamer.put(torch.tensor([[2, 5, 6]]))  # the prompt: not shown
+    for token in tiny_tokenizer("1. When did Aristotle die?", add_special_tokens=False)["input_ids"]:
+        streamer.put(torch.tensor([token]))
+    assert "".join(pieces) == "1. When did Aristotle die?"
+
+
+def test_read_questions(tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"id": 1, "question": "A?"}\n\n{"question": "B?", "x": [1]}\n')
+    assert read_questions(tmp_path / "q.jsonl") == [{"id": 1, "question": "A?"}, {"question": "B?", "x": [1]}]
+    (tmp_path / "q.json").write_text(json.dumps([{"question": "A?"}]))
+    assert read_questions(tmp_path / "q.json") == [{"question": "A?"}]
+    (tmp_path / "q.txt").write_text("A?\n  \nB?\n")
+    assert read_questions(tmp_path / "q.txt") == [{"question": "A?"}, {"question": "B?"}]
+    assert read_questions("-", "세종은 누구인가?\n") == [{"question": "세종은 누구인가?"}]
+    with pytest.raises(UsageError, match="no such file"):
+        read_questions(tmp_path / "none.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"question": "A?"}\n{"q": 1}\n')
+    with pytest.raises(DataError, match="record 2 has no \"question\""):
+        read_questions(tmp_path / "bad.jsonl")
+    (tmp_path / "broken.jsonl").write_text('{"question": "A?"\n')
+    with pytest.raises(DataError, match="broken.jsonl:1:.*invalid JSON"):
+        read_questions(tmp_path / "broken.jsonl")
