@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool import __version__
-from qdtool.cli import decompose, merge, train, validate_data
+from qdtool.cli import decompose, eval, merge, train, validate_data
 
 app = typer.Typer(
     name="qdtool",
@@ -38,6 +38,7 @@ app.command("validate-data", epilog=validate_data.EXAMPLES)(validate_data.valida
 app.command("train", epilog=train.EXAMPLES)(train.train)
 app.command("merge", epilog=merge.EXAMPLES)(merge.merge)
 app.command("decompose", epilog=decompose.EXAMPLES)(decompose.decompose)
+app.command("eval", epilog=eval.EXAMPLES)(eval.eval)
 
 
 def main() -> None:

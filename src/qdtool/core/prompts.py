@@ -66,13 +66,27 @@ def render_prompt(
     template: TemplateKind = "auto",
     language: Language = "auto",
     instruction: str | None = None,
+    shots: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> str:
-    """The text the model sees before its answer."""
-    text = instruction_for(question, language, instruction)
+    """The text the model sees before its answer.
+
+    `shots` (question, steps) pairs are prepended as solved examples (few-shot prompting of a model
+    that was not fine-tuned); training never uses them.
+    """
     if uses_chat_template(tokenizer, template):
-        messages = [{"role": "user", "content": f"{text}\n\n{question.strip()}"}]
+        messages = []
+        for shot_question, shot_steps in shots:
+            messages += [
+                {"role": "user", "content": f"{instruction_for(shot_question, language, instruction)}\n\n{shot_question.strip()}"},
+                {"role": "assistant", "content": format_answer(shot_steps)},
+            ]
+        messages.append({"role": "user", "content": f"{instruction_for(question, language, instruction)}\n\n{question.strip()}"})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return PLAIN_TEMPLATE.format(instruction=text, question=question.strip())
+    demos = "".join(
+        PLAIN_TEMPLATE.format(instruction=instruction_for(q, language, instruction), question=q.strip()) + format_answer(steps) + "\n\n"
+        for q, steps in shots
+    )
+    return demos + PLAIN_TEMPLATE.format(instruction=instruction_for(question, language, instruction), question=question.strip())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,137 @@
+"""`qdtool eval`: score decompositions against references (SARI, exact match, step counts, ...)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from qdtool.cli._common import console, err_console, quiet_libraries, status, user_errors
+from qdtool.errors import UsageError
+
+EXAMPLES = """
+Examples:
+
+  qdtool eval --data examples/data/strategyqa_val.jsonl --predictions preds.jsonl
+
+  qdtool eval --data examples/data/strategyqa_val.jsonl --model runs/gemma-3-270m-examples --output eval/
+
+  qdtool eval --data examples/data/strategyqa_val.jsonl --compare embedded runs/gemma-3-270m-examples
+
+  qdtool eval --data refs.jsonl --model embedded --shots 3 --json
+"""
+
+_ROWS = [
+    ("sari", "SARI"), ("sari_keep", "  keep"), ("sari_add", "  add"), ("sari_del", "  delete"),
+    ("exact_match", "exact match"), ("step_count_accuracy", "step count accuracy"), ("step_count_mae", "step count MAE"),
+    ("mean_predicted_steps", "steps predicted / gold"), ("step_match_precision", "step match precision"),
+    ("step_match_recall", "step match recall"), ("step_match_f1", "step match F1"), ("format_validity", "format validity"),
+    ("chrf", "chrF"), ("bleu", "BLEU"),
+]
+
+
+def eval(  # noqa: A001 - the command's name
+    data: Annotated[Path, typer.Option("--data", "-d", help="Reference decompositions (JSON/JSONL records).")],
+    sources: Annotated[Optional[list[str]], typer.Argument(metavar="[SOURCE]...", help="With --compare: run dirs, models or prediction files.", show_default=False)] = None,
+    predictions: Annotated[Optional[Path], typer.Option("--predictions", "-p", help="Score this JSONL/JSON file of {question, sub_questions, id?}.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="SPEC", help="Generate predictions with this run dir, merged dir, hub id or 'embedded'.")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Score every SOURCE on the same references, side by side.")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write report.json, per_example.jsonl, predictions.jsonl and metrics.png here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    shots: Annotated[int, typer.Option(min=0, help="Few-shot demonstrations in the prompt (for models not fine-tuned).")] = 0,
+    shots_from: Annotated[Optional[Path], typer.Option(help="Where the demonstrations come from [default: bundled StrategyQA train].")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation limit per question.")] = 160,
+    batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
+) -> None:
+    """Score decompositions against references: SARI, exact match, step counts, step matching, chrF, BLEU."""
+    from qdtool.core.data import read_dataset
+    from qdtool.core.evaluation import evaluate, paired_bootstrap, predict, read_predictions, write_report
+    from qdtool.core.generation import GenerationSettings
+
+    quiet_libraries()
+    with user_errors():
+        if compare:
+            if not sources or len(sources) < 2:
+                raise UsageError("--compare needs at least two SOURCEs (run dirs, models or prediction files)")
+        elif sources:
+            raise UsageError(f"unexpected argument {sources[0]!r}; use --compare to score several sources")
+        elif (predictions is None) == (model is None):
+            raise UsageError("pass --predictions FILE or --model SPEC (or --compare SOURCE SOURCE ...)")
+        references = [r.to_dict() for r in read_dataset(data)]
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+        def run(source: str, is_file: bool):
+            if is_file:
+                return evaluate(references, read_predictions(source), str(source)), None
+            with status(f"decomposing {len(references)} questions with {source}") as say:
+                rows = predict(references, source, settings, shots, shots_from, progress=say)
+            return evaluate(references, rows, source + (f" ({shots}-shot)" if shots else "")), rows
+
+        if compare:
+            reports = [run(s, Path(s).is_file())[0] for s in sources]
+        else:
+            report, rows = run(str(predictions) if predictions else model, predictions is not None)
+            reports = [report]
+            if output is not None:
+                paths = write_report(report, output)
+                if rows is not None:
+                    _write_jsonl(rows, output / "predictions.jsonl")
+                err_console.print(f"wrote {', '.join(str(p) for p in paths)}", style="dim", markup=False)
+
+    for report in reports:
+        if report.unmatched_references or report.unmatched_predictions:
+            err_console.print(
+                f"warning: {report.source}: {len(report.unmatched_references)} reference(s) without a prediction, "
+                f"{len(report.unmatched_predictions)} prediction(s) without a reference "
+                f"(e.g. {(report.unmatched_references + report.unmatched_predictions)[0]!r})",
+                style="yellow", markup=False,
+            )
+    if compare:
+        intervals = [None] + [paired_bootstrap([e.sari for e in reports[0].examples], [e.sari for e in r.examples]) if
+                              [e.question for e in r.examples] == [e.question for e in reports[0].examples] else None for r in reports[1:]]
+        if as_json:
+            typer.echo(json.dumps({"reports": [r.to_dict() for r in reports],
+                                   "sari_difference_vs_first": [None if i is None else {"mean": i[0], "ci95": [i[1], i[2]]} for i in intervals]}, indent=2))
+        else:
+            _compare_table(reports, intervals)
+    elif as_json:
+        typer.echo(json.dumps(reports[0].to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _table([reports[0]])
+
+
+def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _value(key: str, metrics: dict[str, float]) -> str:
+    if key == "mean_predicted_steps":
+        return f"{metrics['mean_predicted_steps']:.2f} / {metrics['mean_gold_steps']:.2f}"
+    value = metrics[key]
+    return f"{value:.2f}" if key in ("chrf", "bleu", "step_count_mae") else f"{value:.4f}"
+
+
+def _table(reports) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{reports[0].metrics['examples']} examples", title_justify="left")
+    table.add_column("metric", style="cyan")
+    for report in reports:
+        table.add_column(report.source, justify="right", overflow="fold")
+    for key, label in _ROWS:
+        table.add_row(label, *[_value(key, r.metrics) for r in reports])
+    console.print(table)
+
+
+def _compare_table(reports, intervals) -> None:
+    _table(reports)
+    for report, interval in zip(reports[1:], intervals[1:]):
+        if interval is None:
+            console.print(f"{report.source}: scored on other examples than {reports[0].source}; no paired interval", markup=False)
+        else:
+            mean, low, high = interval
+            console.print(f"SARI {report.source} − {reports[0].source}: {mean:+.4f} (paired bootstrap 95% CI {low:+.4f} to {high:+.4f})", markup=False)

@@ -1,0 +1,207 @@
+"""`eval`: score decompositions against references, from a prediction file or a model.
+
+Predictions are matched to references by `id` when both have one, else by exact question text;
+whatever stays unmatched is reported, never silently dropped. `compare` scores several sources on
+the same references and gives each one's SARI difference to the first with a paired bootstrap 95%
+interval.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from qdtool.core import metrics as m
+from qdtool.errors import DataError, UsageError
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExampleScore:
+    question: str
+    prediction: list[str]
+    reference: list[str]
+    parse_ok: bool
+    sari: float
+    sari_keep: float
+    sari_add: float
+    sari_del: float
+    exact_match: bool
+    step_count_error: int  # predicted - gold
+    steps_matched: int
+    id: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalReport:
+    source: str
+    metrics: dict[str, float]
+    examples: list[ExampleScore]
+    unmatched_references: list[str] = field(default_factory=list)
+    unmatched_predictions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "metrics": self.metrics,
+            "unmatched_references": self.unmatched_references,
+            "unmatched_predictions": self.unmatched_predictions,
+        }
+
+
+def score_example(reference: dict[str, Any], prediction: dict[str, Any]) -> ExampleScore:
+    ref_steps, pred_steps = list(reference["sub_questions"]), list(prediction.get("sub_questions") or [])
+    parse_ok = bool(prediction.get("parse_ok", True)) and bool(pred_steps)
+    s = m.sari(reference["question"], m.join_steps(pred_steps), m.join_steps(ref_steps))
+    match = m.match_steps(pred_steps, ref_steps)
+    return ExampleScore(
+        reference["question"], pred_steps, ref_steps, parse_ok, s.sari, s.keep, s.add, s.delete,
+        m.exact_match(pred_steps, ref_steps), len(pred_steps) - len(ref_steps), match.matched, reference.get("id"),
+    )
+
+
+def corpus_metrics(examples: Sequence[ExampleScore]) -> dict[str, float]:
+    """Corpus scores: means over examples; step matching micro-averaged over all steps."""
+    n = len(examples)
+    if n == 0:
+        raise DataError("no prediction matched a reference; nothing to score")
+    predicted = sum(len(e.prediction) for e in examples)
+    gold = sum(len(e.reference) for e in examples)
+    matched = sum(e.steps_matched for e in examples)
+    precision = matched / predicted if predicted else 0.0
+    recall = matched / gold if gold else 0.0
+    chrf, bleu = m.chrf_and_bleu([m.join_steps(e.prediction) for e in examples], [m.join_steps(e.reference) for e in examples])
+    return {
+        "examples": n,
+        "sari": sum(e.sari for e in examples) / n,
+        "sari_keep": sum(e.sari_keep for e in examples) / n,
+        "sari_add": sum(e.sari_add for e in examples) / n,
+        "sari_del": sum(e.sari_del for e in examples) / n,
+        "exact_match": sum(e.exact_match for e in examples) / n,
+        "step_count_accuracy": sum(e.step_count_error == 0 for e in examples) / n,
+        "step_count_mae": sum(abs(e.step_count_error) for e in examples) / n,
+        "mean_predicted_steps": predicted / n,
+        "mean_gold_steps": gold / n,
+        "step_match_precision": precision,
+        "step_match_recall": recall,
+        "step_match_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "format_validity": sum(e.parse_ok for e in examples) / n,
+        "chrf": chrf,
+        "bleu": bleu,
+    }
+
+
+def pair_up(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]]):
+    """(reference, prediction) pairs, by id when both sides have ids, else by exact question text.
+
+    Returns the pairs, the unmatched references' and predictions' labels.
+    """
+    use_ids = all("id" in r for r in references) and all("id" in p for p in predictions)
+    key = (lambda row: str(row["id"])) if use_ids else (lambda row: row["question"])
+    by_key: dict[str, dict[str, Any]] = {}
+    for prediction in predictions:
+        by_key.setdefault(key(prediction), prediction)
+    pairs, missing = [], []
+    for reference in references:
+        prediction = by_key.pop(key(reference), None)
+        if prediction is None:
+            missing.append(key(reference))
+        else:
+            pairs.append((reference, prediction))
+    return pairs, missing, list(by_key)
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Rows with "question" and "sub_questions" (a list, possibly empty), JSONL or a JSON array."""
+    source = Path(path)
+    if not source.is_file():
+        raise UsageError(f"{path}: no such file")
+    text = source.read_text(encoding="utf-8-sig").strip()
+    try:
+        rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
+    for index, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("sub_questions", []), list):
+            raise DataError(f"{path}: row {index} needs \"question\" (string) and \"sub_questions\" (list)")
+        row.setdefault("sub_questions", [])
+    return rows
+
+
+def predict(references: Sequence[dict[str, Any]], model: str, settings: Any = None, shots: int = 0,
+            shots_from: str | Path | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Predictions of a model for the references' questions (through the decompose engine)."""
+    from qdtool.core.generation import GenerationSettings, decompose, load_decomposer
+
+    decomposer = load_decomposer(model, progress=progress)
+    if shots:
+        decomposer.prompt_options["shots"] = few_shot_examples(shots, shots_from, exclude={r["question"] for r in references})
+    rows = [{"id": r.get("id"), "question": r["question"]} for r in references]
+    results = decompose(decomposer, rows, settings or GenerationSettings())
+    return [r.to_dict() for r in results]
+
+
+def few_shot_examples(k: int, path: str | Path | None, exclude: set[str]) -> list[tuple[str, list[str]]]:
+    """k demonstrations (question, steps), seeded, never one of the evaluated questions."""
+    from qdtool.core.data import read_dataset
+    from qdtool.resources import example_data_dir
+
+    records = read_dataset(path or example_data_dir() / "strategyqa_train.jsonl")
+    pool = [r for r in records if r.question not in exclude and 2 <= len(r.sub_questions) <= 4]
+    random.Random(0).shuffle(pool)
+    return [(r.question, r.sub_questions) for r in pool[:k]]
+
+
+def evaluate(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]], source: str) -> EvalReport:
+    pairs, missing, extra = pair_up(references, predictions)
+    examples = [score_example(ref, pred) for ref, pred in pairs]
+    return EvalReport(source, corpus_metrics(examples), examples, missing, extra)
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of b - a and its 95% percentile interval, resampling examples with replacement."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired bootstrap needs two equally long, non-empty score lists")
+    diffs = [y - x for x, y in zip(a, b)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return sum(diffs) / n, means[int(0.025 * samples)], means[int(0.975 * samples) - 1]
+
+
+def write_report(report: EvalReport, out: Path) -> list[Path]:
+    """report.json, per_example.jsonl and metrics.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    with (out / "per_example.jsonl").open("w", encoding="utf-8") as f:
+        for example in report.examples:
+            f.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
+    chart = _chart(report, out / "metrics.png")
+    return [out / "report.json", out / "per_example.jsonl", chart]
+
+
+def _chart(report: EvalReport, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["sari", "exact_match", "step_count_accuracy", "step_match_f1", "format_validity"]
+    values = [report.metrics[n] for n in names] + [report.metrics["chrf"] / 100, report.metrics["bleu"] / 100]
+    labels = names + ["chrf / 100", "bleu / 100"]
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    bars = ax.barh(labels[::-1], values[::-1], color="#4c72b0")
+    ax.bar_label(bars, fmt="%.3f", padding=3)
+    ax.set_xlim(0, 1.1)
+    ax.set_title(f"qdtool eval: {report.source} ({report.metrics['examples']} examples)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
