@@ -124,15 +124,16 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 
-def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (if any) overlaid with CLI overrides, validated at once: every problem is reported.
+def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> TrainConfig:
+    """`base` (a preset's settings) under the YAML file (if any) under CLI overrides, validated at
+    once: every problem is reported.
 
     Raises:
         ConfigError: unreadable YAML, unknown keys or bad values, listed together.
     """
     import yaml
 
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(base or {})
     source = "command line"
     if path is not None:
         source = f"{path} + command line"

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool import __version__
-from qdtool.cli import decompose, eval, merge, train, validate_data
+from qdtool.cli import decompose, eval, merge, probe_gpu, train, validate_data
 
 app = typer.Typer(
     name="qdtool",
@@ -35,6 +35,7 @@ def root(
 
 
 app.command("validate-data", epilog=validate_data.EXAMPLES)(validate_data.validate_data)
+app.command("probe-gpu", epilog=probe_gpu.EXAMPLES)(probe_gpu.probe_gpu)
 app.command("train", epilog=train.EXAMPLES)(train.train)
 app.command("merge", epilog=merge.EXAMPLES)(merge.merge)
 app.command("decompose", epilog=decompose.EXAMPLES)(decompose.decompose)

@@ -69,6 +69,7 @@ def _to_override(name: str, value: Any) -> Any:
 
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file of settings (see configs/).")] = None,
+    preset: Annotated[Optional[str], typer.Option(metavar="auto|cpu|8gb|12gb|16gb|24gb|48gb|80gb", help="Memory preset under --config and flags; auto plans for the GPU found (see qdtool probe-gpu).")] = None,
     resume: Annotated[str, typer.Option(help="auto: continue from the last checkpoint in --output-dir; never; or a checkpoint path.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run directory that holds a different run (or a finished one).")] = False,
     **fields: Any,
@@ -83,7 +84,8 @@ def train(
         clear_max_steps = overrides.get("max_steps") == 0  # --max-steps 0: train by --epochs instead
         if clear_max_steps:
             del overrides["max_steps"]
-        settings = load_train_config(config, overrides)
+        base = _preset(preset, config, overrides) if preset else None
+        settings = load_train_config(config, overrides, base=base)
         if clear_max_steps:
             settings = settings.model_copy(update={"max_steps": None})
         with _Progress() as progress:
@@ -91,6 +93,22 @@ def train(
     if result.already_complete:
         console.print(f"{result.output_dir} is already complete ({result.steps} steps). Pass --overwrite to train it again.")
     _summary(result)
+
+
+def _preset(name: str, config: Optional[Path], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The preset's settings; `auto` plans for the model and data that --config / flags name."""
+    from qdtool.config import load_train_config
+    from qdtool.core.hardware import probe_hardware
+    from qdtool.core.presets import resolve_preset
+
+    given = load_train_config(config, overrides)  # validates flags before any planning
+    model = overrides.get("model") or (given.model if config else None)
+    choice = resolve_preset(name, probe_hardware(), model=model, data=given.data)
+    err_console.print(f"preset {choice.name}: " + "; ".join(choice.reasons), style="dim", markup=False, soft_wrap=True)
+    if choice.estimate is not None:
+        err_console.print(f"estimated peak {choice.estimate.total_gib:.1f} GiB (budget {choice.budget_gib:.1f} GiB); "
+                          "flags and --config still win over the preset", style="dim", markup=False)
+    return choice.settings
 
 
 def _build_signature() -> None:

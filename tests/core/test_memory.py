@@ -1,0 +1,72 @@
+"""core/memory.py: parameter counts against real models, terms against hand computation, and the
+calibration points recorded in shared/BENCH.md."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoConfig
+
+from conftest import build_tiny_model
+from qdtool.config import TrainConfig
+from qdtool.core.adapters import add_lora
+from qdtool.core.memory import GIB, Shape, activation_bytes_per_token_layer, estimate, lora_params, weight_bytes
+
+
+def test_parameter_and_lora_counts_match_real_models():
+    model = build_tiny_model(600)
+    shape = Shape.from_config(model.config)
+    assert shape.parameters == sum(p.numel() for p in model.parameters())
+    peft = add_lora(model, TrainConfig(lora_r=8))
+    assert lora_params(shape, 8) == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert lora_params(shape, 8, ["q_proj", "v_proj"]) == 2 * 8 * ((64 + 64) + (64 + 32))
+
+
+def test_tiny_shape_by_hand():
+    # hidden 64, inter 128, 2 layers, 4 heads of 16, 2 kv heads, vocab 600, untied
+    shape = Shape(64, 128, 2, 4, 2, 16, 600, False)
+    linear = 2 * (64 * 64 + 64 * 32 + 64 * 32 + 64 * 64 + 3 * 64 * 128)  # = 2 * 36864
+    assert shape.linear_params == linear == 73728
+    assert shape.embedding_params == 2 * 600 * 64
+    assert weight_bytes(shape, "none") == 2 * shape.parameters
+    nf4_dq = linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + (shape.embedding_params + shape.norm_params) * 2
+    assert weight_bytes(shape, "4bit", double_quant=True) == pytest.approx(nf4_dq)
+    assert weight_bytes(shape, "4bit", double_quant=False) == pytest.approx(linear * (0.5 + 4 / 64) + (shape.embedding_params + shape.norm_params) * 2)
+    # activations per token and layer, no checkpointing, bf16, LoRA dropout:
+    # 4h + (h + q + h + i) + (2q + 2kv) + 3i elements x 2 B, plus (3h + q + 2h + i) x 3 B
+    h, i, q, kv = 64, 128, 64, 32
+    expected = (4 * h + (h + q + h + i) + (2 * q + 2 * kv) + 3 * i) * 2 + (3 * h + q + 2 * h + i) * 3
+    assert activation_bytes_per_token_layer(shape, False) == expected
+    assert activation_bytes_per_token_layer(shape, True) == h * 2
+
+
+def test_terms_add_up_and_logits_follow_the_supervised_share():
+    shape = Shape(64, 128, 2, 4, 2, 16, 600, False)
+    e = estimate(shape, batch_tokens=1000, supervised_share=0.25)
+    assert e.logits_and_loss_gib * GIB == pytest.approx(250 * 600 * 14)
+    full = estimate(shape, batch_tokens=1000, answer_only_logits=False)
+    assert full.logits_and_loss_gib == pytest.approx(4 * e.logits_and_loss_gib)
+    parts = e.weights_gib + e.lora_and_optimizer_gib + e.activations_gib + e.logits_and_loss_gib + e.dequant_buffer_gib + e.overhead_gib
+    assert e.peak_reserved_gib == pytest.approx(parts)
+    assert e.total_gib == pytest.approx(e.peak_reserved_gib + e.cuda_context_gib)
+    assert estimate(shape, optimizer="paged_adamw_8bit").lora_and_optimizer_gib < e.lora_and_optimizer_gib
+
+
+@pytest.mark.parametrize(
+    ("spec", "measured"),
+    [
+        (dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+              num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True), 14.8),
+        (dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+              num_key_value_heads=32, vocab_size=32000), 30.6),
+        (dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+              num_key_value_heads=4, vocab_size=152064), 36.1),
+    ],
+    ids=["qwen2.5-1.5b", "llama-2-7b", "qwen2.5-7b"],
+)
+def test_calibration_points_from_bench_md(spec, measured):
+    """Peaks recorded in shared/BENCH.md (H200, bf16, LoRA r16 all-linear, 2,048 tokens/step, full
+    logits): within 10%, and never under by more than 5%."""
+    spec = dict(spec)
+    shape = Shape.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    predicted = estimate(shape, batch_tokens=2048, answer_only_logits=False).peak_reserved_gib
+    assert -0.05 <= predicted / measured - 1 <= 0.10

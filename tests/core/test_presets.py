@@ -1,0 +1,105 @@
+"""core/hardware.py + core/presets.py with NVML mocked: 0, 1 and 2 GPUs of 8 to 80 GB."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from qdtool.config import load_train_config
+from qdtool.core.hardware import probe_hardware
+from qdtool.core.memory import estimate
+from qdtool.core.presets import KNOWN_SHAPES, TIERS, choose_auto, load_preset, model_shape, resolve_preset
+from qdtool.errors import ConfigError
+
+GB = 2**30  # an "8 GB" card has 8 GiB (8,192 MiB) of memory
+
+
+def fake_nvml(monkeypatch, sizes_gb: list[int], used_gib: float = 0.3):
+    """A stand-in pynvml with GPUs of the given sizes; `used_gib` is taken (display, other processes)."""
+    module = types.SimpleNamespace()
+    module.nvmlInit = lambda: None
+    module.nvmlShutdown = lambda: None
+    module.nvmlDeviceGetCount = lambda: len(sizes_gb)
+    module.nvmlDeviceGetHandleByIndex = lambda i: i
+    module.nvmlDeviceGetName = lambda i: f"Fake GPU {sizes_gb[i]}GB"
+    module.nvmlDeviceGetMemoryInfo = lambda i: types.SimpleNamespace(total=sizes_gb[i] * GB, free=sizes_gb[i] * GB - used_gib * 2**30)
+    module.nvmlDeviceGetCudaComputeCapability = lambda i: (8, 9)
+    module.nvmlSystemGetDriverVersion = lambda: "560.35"
+    module.nvmlSystemGetCudaDriverVersion = lambda: 12060
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+
+
+def test_no_gpu_reports_the_cpu(monkeypatch):
+    def broken_init():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(nvmlInit=broken_init))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    report = probe_hardware()
+    assert report.source == "none" and report.gpus == [] and report.cpu_cores >= 1 and report.ram_gib > 0
+    choice = choose_auto(report)
+    assert choice.name == "cpu" and choice.settings["model"] == "embedded" and choice.settings["quantization"] == "none"
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("size", [8, 12, 16, 24, 40, 80])
+def test_auto_picks_settings_that_fit(monkeypatch, size, count):
+    fake_nvml(monkeypatch, [size] * count)
+    report = probe_hardware()
+    assert report.source == "nvml" and len(report.gpus) == count and report.cuda == "12.6"
+    choice = choose_auto(report)
+    free = report.gpus[0].free_gib
+    assert choice.estimate.total_gib <= free * 0.92 + 1e-9
+    load_train_config(overrides=choice.settings)  # a valid training configuration
+    recomputed = estimate(model_shape(choice.settings["model"]), quantization=choice.settings["quantization"],
+                          batch_tokens=choice.settings["batch_tokens"], gradient_checkpointing=choice.settings["gradient_checkpointing"],
+                          optimizer=choice.settings["optimizer"])
+    assert recomputed.total_gib == pytest.approx(choice.estimate.total_gib)
+
+
+@pytest.mark.parametrize("model", ["Qwen/Qwen2.5-7B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"])
+def test_8gb_with_a_7b_8b_model_picks_4bit(monkeypatch, model):
+    fake_nvml(monkeypatch, [8])
+    choice = choose_auto(probe_hardware(), model=model)
+    assert choice.settings["quantization"] == "4bit"
+    assert choice.estimate.total_gib <= 8 * GB / 2**30 * 0.92
+
+
+def test_big_gpus_avoid_4bit_and_checkpointing(monkeypatch):
+    fake_nvml(monkeypatch, [80])
+    choice = choose_auto(probe_hardware(), model="Qwen/Qwen2.5-7B-Instruct")
+    assert (choice.settings["quantization"], choice.settings["gradient_checkpointing"]) == ("none", False)
+
+
+def test_smallest_gpu_decides_and_nothing_fits_is_clear(monkeypatch):
+    fake_nvml(monkeypatch, [80, 24])
+    choice = choose_auto(probe_hardware(), model="Qwen/Qwen2.5-7B-Instruct")
+    assert choice.estimate.total_gib <= 24 * GB / 2**30 * 0.92
+    fake_nvml(monkeypatch, [4])
+    with pytest.raises(ConfigError, match="does not fit .* even in 4-bit"):
+        choose_auto(probe_hardware(), model="Qwen/Qwen2.5-14B-Instruct")
+
+
+def test_max_seq_len_follows_the_data_p99(monkeypatch):
+    fake_nvml(monkeypatch, [24])
+    choice = choose_auto(probe_hardware(), p99_tokens=141)
+    assert choice.settings["max_seq_len"] == 192 and choice.settings["batch_tokens"] >= 192
+
+
+@pytest.mark.parametrize("tier", [t for t in TIERS if t != "cpu"])
+def test_every_named_preset_fits_its_tier(tier):
+    settings = load_preset(tier)
+    config = load_train_config(overrides=settings)
+    memory_gib = int(tier.removesuffix("gb")) * GB / 2**30
+    est = estimate(KNOWN_SHAPES[config.model], quantization=config.quantization, batch_tokens=config.batch_tokens,
+                   gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer, lora_r=config.lora_r)
+    assert est.total_gib <= memory_gib * 0.95, est.to_dict()
+
+
+def test_named_preset_keeps_a_given_model():
+    choice = resolve_preset("12gb", probe_hardware(), model="Qwen/Qwen2.5-1.5B-Instruct")
+    assert choice.settings["model"] == "Qwen/Qwen2.5-1.5B-Instruct" and choice.settings["quantization"] == "4bit"
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_preset("huge")
