@@ -17,7 +17,8 @@ seed-style = HF Trainer-free replica of the old train.py's work per step: every 
 512 tokens (256 for --low-memory), loss on every non-pad token (prompt included), LoRA r16/a32 on
 q_proj,v_proj (r8/a16 low-memory), 4 samples per step (1 low-memory), fp32 on CPU / bf16 on GPU.
 qdtool = core.training._train_step on packed rows (answer-only loss, LM head at answer positions),
-LoRA r16/a32 on all linear layers, `--batch-tokens` tokens per step.
+LoRA r16/a32 on all linear layers, `--batch-tokens` tokens per step, in the precision `qdtool
+train` picks on this machine (bf16 on GPUs and on CPUs with native bf16).
 Results: a table on stdout and JSON lines appended to --out.
 """
 
@@ -116,9 +117,14 @@ def run_side(args) -> dict:
     from qdtool.core.batching import IGNORE_INDEX, MicroBatch, pack
     from qdtool.core.training import _train_step
 
+    from qdtool.core.adapters import detect_hardware
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = "fp32" if device == "cpu" else "bf16"
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    if args.side == "seed":  # the old script: fp32 on CPU, bf16 on GPU
+        precision = "fp32" if device == "cpu" else "bf16"
+    else:  # whatever qdtool train picks here (bf16 on CPUs with native bf16)
+        precision = detect_hardware(TrainConfig(quantization=args.quant if args.quant != "none" else "none")).precision
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     torch.manual_seed(0)
     model, tokenizer = load(args.shape, dtype, device, args.quant)
     data = samples(tokenizer, args.samples)
@@ -148,7 +154,7 @@ def run_side(args) -> dict:
     model = add_lora(model, config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    autocast = torch.autocast("cuda", dtype=dtype) if device == "cuda" else None
+    autocast = torch.autocast(device, dtype=dtype) if precision != "fp32" else None
     hardware = Hardware(device, precision, device)
     params = sum(p.numel() for p in model.parameters())
     if device == "cuda":

@@ -71,7 +71,7 @@ class TrainConfig(BaseModel):
     # precision and memory
     quantization: Literal["none", "4bit", "8bit"] = Field("none", description="Base weights in 4-bit NF4 or 8-bit (CUDA + bitsandbytes).")
     double_quant: bool = Field(True, description="NF4 double quantization (4-bit only).")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Compute precision; auto: bf16 where supported, fp32 on CPU.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Compute precision; auto: bf16 where the GPU or CPU supports it, else fp16 (GPU) or fp32 (CPU).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
 
     # optimization

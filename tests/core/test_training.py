@@ -220,3 +220,17 @@ def test_grad_accumulation_equals_one_big_batch(tiny_tokenizer):
         updated.append(torch.cat([p.detach().flatten() for p in params]))
     torch.testing.assert_close(updated[0], updated[1], rtol=1e-5, atol=1e-6)
     assert not torch.equal(updated[0], torch.cat([p.detach().flatten() for p in base.parameters() if p.requires_grad]))
+
+
+def test_one_training_per_run_directory(tiny_model_dir, data_file, tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    training.train(make_config(tiny_model_dir, data_file, out, max_steps=1))
+    with (out / ".lock").open("w") as held:  # what a running `qdtool train` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for steps, overwrite in ((1, False), (2, True)):
+            with pytest.raises(ConfigError, match="another qdtool train is running"):
+                training.train(make_config(tiny_model_dir, data_file, out, max_steps=steps), overwrite=overwrite)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()  # nothing was deleted
+    training.train(make_config(tiny_model_dir, data_file, out, max_steps=2), overwrite=True)  # released: fine

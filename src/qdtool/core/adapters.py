@@ -22,6 +22,14 @@ class Hardware:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX)."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
 def detect_hardware(config: TrainConfig) -> Hardware:
     """The device and a precision it supports; asking for what it lacks is a ConfigError."""
     import torch
@@ -33,7 +41,10 @@ def detect_hardware(config: TrainConfig) -> Hardware:
         device, name, bf16 = "cpu", "CPU", True
     precision = config.precision
     if precision == "auto":
-        precision = ("bf16" if bf16 else "fp16") if device == "cuda" else "fp32"
+        if device == "cuda":
+            precision = "bf16" if bf16 else "fp16"
+        else:  # bf16 matmuls run ~4x faster than fp32 where the CPU has them (AVX512-BF16 / AMX)
+            precision = "bf16" if cpu_has_fast_bf16() else "fp32"
     if device == "cpu":
         if config.quantization != "none":
             raise ConfigError(

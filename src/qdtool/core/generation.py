@@ -83,7 +83,12 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is visible")
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_cuda else torch.float32
+    if use_cuda:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        from qdtool.core.adapters import cpu_has_fast_bf16
+
+        dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     device_map = {"": 0} if use_cuda else None
     path = Path(spec)
     run_config = path / RUN_CONFIG

@@ -101,12 +101,15 @@ def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_token
         settings = load_preset("cpu")
         if model:
             settings["model"] = model
-        est = estimate(model_shape(settings["model"]), precision="fp32", optimizer="adamw", batch_tokens=settings["batch_tokens"],
+        from qdtool.core.adapters import cpu_has_fast_bf16
+
+        precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+        est = estimate(model_shape(settings["model"]), precision=precision, optimizer="adamw", batch_tokens=settings["batch_tokens"],
                        supervised_share=supervised_share, lora_r=lora_r)
         est.total_gib -= est.cuda_context_gib
         est.cuda_context_gib = 0.0
         return PresetChoice("cpu", settings, est, hardware.ram_gib, [
-            "no CUDA GPU: the cpu preset (fp32, no quantization)",
+            f"no CUDA GPU: the cpu preset ({precision} on this CPU, no quantization)",
             f"estimated training memory {est.total_gib:.1f} GiB of {hardware.ram_gib:.1f} GiB RAM (weights, LoRA, activations, logits)",
         ])
     smallest = min(hardware.gpus, key=lambda g: g.free_gib)

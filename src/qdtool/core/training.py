@@ -74,12 +74,15 @@ def prepare_output_dir(config: TrainConfig, overwrite: bool) -> Path:
     import yaml
 
     out = Path(config.output_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         saved_path = out / "run_config.yaml"
         if not saved_path.is_file():
             raise ConfigError(f"{out} is not empty and holds no qdtool run; choose another --output-dir (qdtool never deletes it)")
         if overwrite:
-            shutil.rmtree(out)
+            _lock_run_dir(out).close()  # refuses while another train holds the directory
+            for path in out.iterdir():
+                if path.name != ".lock":
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         else:
             saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
             now = config.model_dump(mode="json")
@@ -91,6 +94,19 @@ def prepare_output_dir(config: TrainConfig, overwrite: bool) -> Path:
                 )
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _lock_run_dir(out: Path) -> Any:
+    """An exclusive lock on the run directory; a second `train` on it stops with a message."""
+    import fcntl
+
+    handle = (out / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"another qdtool train is running in {out}; wait for it, or stop it first (Ctrl-C saves a checkpoint)") from None
+    return handle
 
 
 class _StopFlag:
@@ -134,6 +150,15 @@ def train(config: TrainConfig, *, resume: str = "auto", overwrite: bool = False,
         TrainingError: NaN/inf loss or out of memory, with the step and likely causes.
         TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved first.
     """
+    held: list[Any] = []
+    try:
+        return _train(config, resume, overwrite, on_event, held)
+    finally:
+        for lock in held:
+            lock.close()
+
+
+def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | None, held: list[Any]) -> TrainResult:
     import torch
 
     from qdtool.core import adapters, batching, checkpoint
@@ -166,6 +191,7 @@ def train(config: TrainConfig, *, resume: str = "auto", overwrite: bool = False,
     if explicit and overwrite:
         raise ConfigError("--overwrite would delete the checkpoint that --resume names; pass only one of them")
     out = prepare_output_dir(config, overwrite)
+    held.append(_lock_run_dir(out))  # one training per run directory; released by `train`
     finished = (out / "run_summary.json").is_file()
     if finished and resume == "auto":
         summary = json.loads((out / "run_summary.json").read_text(encoding="utf-8"))
@@ -205,7 +231,7 @@ def train(config: TrainConfig, *, resume: str = "auto", overwrite: bool = False,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = adapters.build_optimizer(model, config, hardware)
     scheduler = adapters.build_scheduler(optimizer, config, total_steps)
-    autocast = torch.autocast(device_type="cuda", dtype=hardware.dtype) if hardware.device == "cuda" and hardware.precision != "fp32" else None
+    autocast = torch.autocast(device_type=hardware.device, dtype=hardware.dtype) if hardware.precision != "fp32" else None
     scaler = torch.amp.GradScaler("cuda") if hardware.precision == "fp16" else None
     start_step, state = 0, {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0}
     if start_from is not None:
