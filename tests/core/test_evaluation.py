@@ -62,3 +62,12 @@ def test_reports_and_prediction_files(tmp_path):
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["metrics"]["sari"] == pytest.approx(1.0) and saved["unmatched_references"] == ["b"]
     assert (tmp_path / "out" / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_repeated_questions_and_null_ids_pair_in_order():
+    refs = [{"question": "Q?", "sub_questions": ["a?"], "id": None}, {"question": "Q?", "sub_questions": ["b?"], "id": None}]
+    preds = [{"question": "Q?", "sub_questions": ["a?"], "id": None}, {"question": "Q?", "sub_questions": ["b?"], "id": None},
+             {"question": "Q?", "sub_questions": ["c?"]}]
+    pairs, missing, extra = pair_up(refs, preds)
+    assert [(r["sub_questions"], p["sub_questions"]) for r, p in pairs] == [(["a?"], ["a?"]), (["b?"], ["b?"])]
+    assert missing == [] and extra == ["Q?"]

@@ -128,3 +128,17 @@ def test_chrf_and_bleu_are_100_for_identical_text():
     assert chrf == pytest.approx(100.0) and bleu == pytest.approx(100.0)
     chrf, bleu = m.chrf_and_bleu(["completely different words here"], ["When did Aristotle die ? Is #1 old ?"])
     assert chrf < 20 and bleu < 5
+
+
+def test_matching_maximizes_pairs_over_the_threshold():
+    # total-F1 optimum is the diagonal (1.0 + 0.45: one pair >= 0.5); crossing gives two pairs of 0.5
+    steps_p, steps_g = ["a b", "c d"], ["x y", "z w"]
+    import qdtool.core.metrics as metrics
+
+    original = metrics.token_f1
+    table = {("a b", "x y"): 1.0, ("a b", "z w"): 0.5, ("c d", "x y"): 0.5, ("c d", "z w"): 0.45}
+    try:
+        metrics.token_f1 = lambda p, g: table[(p, g)]
+        assert metrics.match_steps(steps_p, steps_g).matched == 2
+    finally:
+        metrics.token_f1 = original

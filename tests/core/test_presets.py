@@ -103,3 +103,10 @@ def test_named_preset_keeps_a_given_model():
     assert choice.settings["model"] == "Qwen/Qwen2.5-1.5B-Instruct" and choice.settings["quantization"] == "4bit"
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         load_preset("huge")
+
+
+def test_auto_falls_back_to_a_smaller_tier_model_when_memory_is_taken(monkeypatch):
+    fake_nvml(monkeypatch, [16], used_gib=11.0)  # a 16 GB card with 5 GiB free
+    choice = choose_auto(probe_hardware())
+    assert choice.settings["model"] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert choice.estimate.total_gib <= 5 * 0.92

@@ -55,7 +55,7 @@ def decompose(
         settings = GenerationSettings(max_new_tokens, temperature, top_p, num_return_sequences, batch_size)
         with status("loading the model") as say:
             decomposer = load_decomposer(model, device=device, trust_remote_code=trust_remote_code, progress=say)
-        stream = len(rows) == 1 and format == "text" and console.is_terminal and output is None
+        stream = len(rows) == 1 and format == "text" and console.is_terminal and output is None and num_return_sequences == 1
         if stream:
             console.print(rows[0]["question"], style="bold", markup=False)
             results = run(decomposer, rows, settings, on_text=lambda text: console.print(text, end="", markup=False, highlight=False))
@@ -90,9 +90,13 @@ def _with_progress(run, decomposer, rows, settings):
 
 def _print_text(result) -> None:
     console.print(result.question, style="bold", markup=False)
-    if result.parse_ok:
-        for number, step in enumerate(result.sub_questions, start=1):
-            console.print(f"  {number}. {step}", markup=False)
-    else:
-        console.print(f"  (unparsed) {result.raw}", style="yellow", markup=False)
+    candidates = result.samples or [{"sub_questions": result.sub_questions, "raw": result.raw, "parse_ok": result.parse_ok}]
+    for index, candidate in enumerate(candidates, start=1):
+        if len(candidates) > 1:
+            console.print(f"  sample {index}:", style="dim", markup=False)
+        if candidate["parse_ok"]:
+            for number, step in enumerate(candidate["sub_questions"], start=1):
+                console.print(f"  {number}. {step}", markup=False)
+        else:
+            console.print(f"  (unparsed) {candidate['raw']}", style="yellow", markup=False)
     console.print()

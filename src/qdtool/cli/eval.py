@@ -55,6 +55,8 @@ def eval(  # noqa: A001 - the command's name
         if compare:
             if not sources or len(sources) < 2:
                 raise UsageError("--compare needs at least two SOURCEs (run dirs, models or prediction files)")
+            if output is not None or predictions is not None or model is not None:
+                raise UsageError("--compare takes its sources as arguments; --output, --predictions and --model work on one source")
         elif sources:
             raise UsageError(f"unexpected argument {sources[0]!r}; use --compare to score several sources")
         elif (predictions is None) == (model is None):
@@ -93,7 +95,8 @@ def eval(  # noqa: A001 - the command's name
                               [e.question for e in r.examples] == [e.question for e in reports[0].examples] else None for r in reports[1:]]
         if as_json:
             typer.echo(json.dumps({"reports": [r.to_dict() for r in reports],
-                                   "sari_difference_vs_first": [None if i is None else {"mean": i[0], "ci95": [i[1], i[2]]} for i in intervals]}, indent=2))
+                                   "sari_difference_vs_first": [None if i is None else {"mean": i[0], "ci95": [i[1], i[2]]} for i in intervals]},
+                                  indent=2, ensure_ascii=False))
         else:
             _compare_table(reports, intervals)
     elif as_json:

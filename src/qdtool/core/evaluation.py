@@ -99,23 +99,24 @@ def corpus_metrics(examples: Sequence[ExampleScore]) -> dict[str, float]:
 
 
 def pair_up(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]]):
-    """(reference, prediction) pairs, by id when both sides have ids, else by exact question text.
-
-    Returns the pairs, the unmatched references' and predictions' labels.
+    """(reference, prediction) pairs, by id when every row on both sides has one, else by exact
+    question text; repeated keys pair in order. Returns the pairs and the unmatched references'
+    and predictions' keys (nothing is dropped silently).
     """
-    use_ids = all("id" in r for r in references) and all("id" in p for p in predictions)
+    use_ids = all(r.get("id") is not None for r in references) and all(p.get("id") is not None for p in predictions)
     key = (lambda row: str(row["id"])) if use_ids else (lambda row: row["question"])
-    by_key: dict[str, dict[str, Any]] = {}
+    by_key: dict[str, list[dict[str, Any]]] = {}
     for prediction in predictions:
-        by_key.setdefault(key(prediction), prediction)
+        by_key.setdefault(key(prediction), []).append(prediction)
     pairs, missing = [], []
     for reference in references:
-        prediction = by_key.pop(key(reference), None)
-        if prediction is None:
-            missing.append(key(reference))
+        waiting = by_key.get(key(reference))
+        if waiting:
+            pairs.append((reference, waiting.pop(0)))
         else:
-            pairs.append((reference, prediction))
-    return pairs, missing, list(by_key)
+            missing.append(key(reference))
+    extra = [k for k, rows in by_key.items() for _ in rows]
+    return pairs, missing, extra
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
@@ -143,7 +144,7 @@ def predict(references: Sequence[dict[str, Any]], model: str, settings: Any = No
     decomposer = load_decomposer(model, progress=progress)
     if shots:
         decomposer.prompt_options["shots"] = few_shot_examples(shots, shots_from, exclude={r["question"] for r in references})
-    rows = [{"id": r.get("id"), "question": r["question"]} for r in references]
+    rows = [{"question": r["question"], **({"id": r["id"]} if r.get("id") is not None else {})} for r in references]
     results = decompose(decomposer, rows, settings or GenerationSettings())
     return [r.to_dict() for r in results]
 

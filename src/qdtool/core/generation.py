@@ -41,7 +41,12 @@ class Decomposer:
 
     @property
     def stop_markers(self) -> list[str]:
-        markers = [m for m in _TURN_ENDS if m in self.tokenizer.get_vocab()]
+        """EOS and the end-of-turn tokens this tokenizer has as special tokens (`</s>` can be
+        plain text in a vocabulary, e.g. Gemma's, and must not stop anything there)."""
+        special = set(self.tokenizer.all_special_tokens) | {
+            t for t, i in self.tokenizer.get_added_vocab().items() if t in _TURN_ENDS
+        }
+        markers = [m for m in _TURN_ENDS if m in special]
         return [self.tokenizer.eos_token, *markers] if self.tokenizer.eos_token else markers
 
     def prompt(self, question: str) -> str:
@@ -80,6 +85,8 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
         if found is None:
             raise UsageError("no model given and no run in runs/: pass --model RUN_DIR, a merged model dir, a hub id, or 'embedded'")
         spec = str(found)
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda (got {device})")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is visible")
@@ -105,9 +112,10 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
         base = load_model(config.model, dtype=dtype, device_map=device_map, quantization_config=quantization,
                           trust_remote_code=trust_remote_code or config.trust_remote_code, progress=progress)
         model = PeftModel.from_pretrained(base, str(path / "adapter"))
-        if quantization is None:
-            # Fold the adapter into the 16/32-bit weights in memory: the same function, no per-layer
-            # LoRA matmuls at every generated token. (A 4-bit base keeps the adapter separate.)
+        if quantization is None and dtype == torch.float32:
+            # Fold the adapter into fp32 weights in memory: the same function up to float rounding,
+            # without per-layer LoRA matmuls at every token. In 16 bits merging rounds W + BA and
+            # shifts logits (see core/merging.py), so there the adapter stays separate.
             model = model.merge_and_unload()
         tokenizer = load_tokenizer(str(path / "adapter"))
         options = _prompt_options(config)
@@ -219,11 +227,13 @@ def decompose(
     encoded = [tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in prompts]  # as in training
     order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
     results: list[Decomposition | None] = [None] * len(rows)
-    eos_ids = [tokenizer.convert_tokens_to_ids(m) for m in decomposer.stop_markers]
+    eos_ids = {tokenizer.convert_tokens_to_ids(m) for m in decomposer.stop_markers}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)  # e.g. Llama 3's extra end ids
+    eos_ids |= set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens,
         "num_return_sequences": settings.num_return_sequences,
-        "eos_token_id": sorted({i for i in eos_ids if isinstance(i, int) and i >= 0}) or None,
+        "eos_token_id": sorted(i for i in eos_ids if isinstance(i, int) and i >= 0) or None,
         "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     }
     if settings.temperature > 0:

@@ -167,7 +167,8 @@ def estimate(
         activations += batch_tokens * activation_bytes_per_token_layer(shape, False, bytes_16, lora_dropout)
     activations += batch_tokens * shape.hidden * bytes_16 * 3  # embeddings out, final norm, its gradient
     logit_rows = batch_tokens * (supervised_share if answer_only_logits else 1.0)
-    logits = logit_rows * shape.vocab * (LOSS_BYTES_PER_LOGIT if precision != "fp32" else LOSS_BYTES_PER_LOGIT + 2)
+    # in fp32 the head's output is already fp32: no upcast copy
+    logits = logit_rows * shape.vocab * (LOSS_BYTES_PER_LOGIT if precision != "fp32" else LOSS_BYTES_PER_LOGIT - 2)
     dequant = max(a * b for a, b in shape.linear_dims().values()) * bytes_16 if quantization != "none" else 0.0
     allocated = weights + lora + activations + logits + dequant
     overhead = allocated * ALLOCATOR_OVERHEAD

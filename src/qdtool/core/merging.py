@@ -93,6 +93,9 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
         got = merged(**batch).logits.float()
     mask = batch["attention_mask"].bool()
     diff = float((got - expected).abs()[mask].max())
+    finite = bool(torch.isfinite(expected[mask]).all() and torch.isfinite(got[mask]).all())
+    if not finite:
+        raise TrainingError(f"merge check failed: the model produces non-finite logits in {dtype}; nothing was written. Try --dtype fp32 or bf16.")
     if diff > TOLERANCE[dtype]:
         raise TrainingError(
             f"merge check failed: merged logits differ from base + adapter by {diff:.4g} (tolerance {TOLERANCE[dtype]} for {dtype}); "
@@ -104,7 +107,7 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
         shutil.rmtree(out)
     out.mkdir(parents=True)
     merged.config.use_cache = True
-    merged.save_pretrained(str(out), safe_serialization=True, max_shard_size="2GB")
+    merged.save_pretrained(str(out), max_shard_size="2GB")  # safetensors (the only format transformers 5 writes)
     tokenizer.save_pretrained(str(out))
     _generation_config(merged, tokenizer).save_pretrained(str(out))
     shutil.copy(run / "run_config.yaml", out / "run_config.yaml")  # decompose reads the prompt settings from it

@@ -167,9 +167,12 @@ class StepMatch:
 
 
 def match_steps(prediction: Sequence[str], reference: Sequence[str], threshold: float = 0.5) -> StepMatch:
-    """One-to-one matching of predicted to gold steps by token F1 (optimal assignment)."""
+    """One-to-one matching of predicted to gold steps by token F1: the assignment with the most
+    pairs of F1 >= threshold (ties: the higher total F1)."""
     weights = [[token_f1(p, r) for r in reference] for p in prediction]
-    pairs = max_weight_matching(weights)
+    # maximize the number of pairs at or above the threshold first, their F1 second
+    ranked = [[(1.0 + w) if w >= threshold else 0.0 for w in row] for row in weights]
+    pairs = max_weight_matching(ranked)
     return StepMatch(sum(1 for i, j in pairs if weights[i][j] >= threshold), len(prediction), len(reference))
 
 

@@ -86,6 +86,29 @@ def _speed(quantization: str, checkpointing: bool, batch_tokens: int) -> float:
         + batch_tokens * 1e-9  # ties: prefer the larger batch
 
 
+def _fastest_fit(shape: Shape, budget: float, max_seq_len: int, supervised_share: float, lora_r: int,
+                 precision: str) -> tuple[dict[str, Any], MemoryEstimate] | None:
+    """The highest-ranked settings whose estimate fits `budget` GiB, or None."""
+    best: tuple[float, dict[str, Any], MemoryEstimate] | None = None
+    for quantization in ("none", "4bit"):
+        for checkpointing in (False, True):
+            for batch_tokens in BATCH_TOKENS:
+                if batch_tokens < max_seq_len:
+                    continue
+                optimizer = "adamw_fused" if quantization == "none" else "paged_adamw_8bit"
+                est = estimate(shape, quantization=quantization, lora_r=lora_r, optimizer=optimizer, batch_tokens=batch_tokens,
+                               supervised_share=supervised_share, gradient_checkpointing=checkpointing, precision=precision)
+                if est.total_gib > budget:
+                    continue
+                score = _speed(quantization, checkpointing, batch_tokens)
+                if best is None or score > best[0]:
+                    settings = {"quantization": quantization, "gradient_checkpointing": checkpointing, "batch_tokens": batch_tokens,
+                                "max_seq_len": max_seq_len, "optimizer": optimizer, "grad_accum": max(1, TOKENS_PER_STEP // batch_tokens),
+                                "packing": True, "lora_r": lora_r, "lora_alpha": 2 * lora_r}
+                    best = (score, settings, est)
+    return None if best is None else (best[1], best[2])
+
+
 def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_tokens: int | None = None,
                 supervised_share: float = 0.4, lora_r: int = 16) -> PresetChoice:
     """The fastest settings whose estimated peak fits the smallest GPU here (every GPU holds a full
@@ -114,40 +137,32 @@ def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_token
         ])
     smallest = min(hardware.gpus, key=lambda g: g.free_gib)
     tier = tier_for(max(g.total_gib for g in hardware.gpus))
-    recommended = load_preset(tier)["model"]
-    model = model or recommended
-    shape = model_shape(model)
     budget = smallest.free_gib * (1 - SAFETY_MARGIN)
+    precision = "bf16" if smallest.bf16 else "fp16"
     reasons.insert(0, f"{len(hardware.gpus)} GPU(s); planning for GPU {smallest.index} ({smallest.name}, {smallest.free_gib:.1f} GiB free): "
                       f"budget {budget:.1f} GiB after a {SAFETY_MARGIN:.0%} margin")
-    reasons.append(f"model {model}: " + ("the " + tier + " tier's recommendation (Apache-2.0)" if model == recommended else "given"))
-    best: tuple[float, dict[str, Any], MemoryEstimate] | None = None
-    for quantization in ("none", "4bit"):
-        for checkpointing in (False, True):
-            for batch_tokens in BATCH_TOKENS:
-                if batch_tokens < max_seq_len:
-                    continue
-                optimizer = "adamw_fused" if quantization == "none" else "paged_adamw_8bit"
-                est = estimate(shape, quantization=quantization, lora_r=lora_r, optimizer=optimizer, batch_tokens=batch_tokens,
-                               supervised_share=supervised_share, gradient_checkpointing=checkpointing,
-                               precision="bf16" if smallest.bf16 else "fp16")
-                if est.total_gib > budget:
-                    continue
-                score = _speed(quantization, checkpointing, batch_tokens)
-                if best is None or score > best[0]:
-                    settings = {"model": model, "quantization": quantization, "gradient_checkpointing": checkpointing,
-                                "batch_tokens": batch_tokens, "max_seq_len": max_seq_len, "optimizer": optimizer,
-                                "grad_accum": max(1, TOKENS_PER_STEP // batch_tokens), "packing": True, "lora_r": lora_r,
-                                "lora_alpha": 2 * lora_r}
-                    best = (score, settings, est)
+    if model:
+        candidates = [(model, "given")]
+    else:  # the tier's model, then smaller tiers' models if it does not fit what is free
+        tiers = [t for t in TIERS[1 : TIERS.index(tier) + 1]][::-1]
+        candidates = list(dict.fromkeys((load_preset(t)["model"], f"the {t} tier's recommendation (Apache-2.0)") for t in tiers))
+    best = None
+    for name, why in candidates:
+        found = _fastest_fit(model_shape(name), budget, max_seq_len, supervised_share, lora_r, precision)
+        if found is not None:
+            best, model = found, name
+            reasons.append(f"model {name}: {why}")
+            break
     if best is None:
-        smallest_need = estimate(shape, quantization="4bit", optimizer="paged_adamw_8bit", batch_tokens=max(256, max_seq_len),
-                                 gradient_checkpointing=True, supervised_share=supervised_share).total_gib
+        smallest_need = estimate(model_shape(candidates[-1][0]), quantization="4bit", optimizer="paged_adamw_8bit", lora_r=lora_r,
+                                 batch_tokens=min(b for b in BATCH_TOKENS if b >= max_seq_len), gradient_checkpointing=True,
+                                 supervised_share=supervised_share, precision=precision).total_gib
         raise ConfigError(
-            f"{model} does not fit in {smallest.free_gib:.1f} GiB free even in 4-bit with gradient checkpointing "
-            f"(needs about {smallest_need:.1f} GiB): choose a smaller model, e.g. Qwen/Qwen2.5-1.5B-Instruct, or free the GPU"
+            f"{candidates[-1][0]} does not fit in {smallest.free_gib:.1f} GiB free even in 4-bit with gradient checkpointing "
+            f"(needs about {smallest_need:.1f} GiB): choose a smaller model, e.g. Qwen/Qwen2.5-0.5B-Instruct, or free the GPU"
         )
-    _, settings, est = best
+    settings, est = best
+    settings["model"] = model
     reasons.append(
         f"{'4-bit NF4' if settings['quantization'] == '4bit' else 'bf16 weights'}, gradient checkpointing "
         f"{'on' if settings['gradient_checkpointing'] else 'off'}, {settings['batch_tokens']} tokens per micro-batch: the fastest "
