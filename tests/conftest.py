@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,21 @@ def _isolated_cache(request, monkeypatch, tmp_path):
     """No test writes to the user's real cache by accident."""
     if "use_embedded_cache" not in request.fixturenames:
         monkeypatch.setenv("QDTOOL_CACHE", str(tmp_path / "cache"))
+
+
+GIB = 2**30  # an "8 GB" card has 8 GiB (8,192 MiB) of memory
+
+
+def fake_nvml(monkeypatch, sizes_gb: list[int], used_gib: float = 0.3):
+    """A stand-in pynvml with GPUs of the given sizes; `used_gib` is taken (display, other processes)."""
+    module = types.SimpleNamespace()
+    module.nvmlInit = lambda: None
+    module.nvmlShutdown = lambda: None
+    module.nvmlDeviceGetCount = lambda: len(sizes_gb)
+    module.nvmlDeviceGetHandleByIndex = lambda i: i
+    module.nvmlDeviceGetName = lambda i: f"Fake GPU {sizes_gb[i]}GB"
+    module.nvmlDeviceGetMemoryInfo = lambda i: types.SimpleNamespace(total=sizes_gb[i] * GIB, free=sizes_gb[i] * GIB - used_gib * 2**30)
+    module.nvmlDeviceGetCudaComputeCapability = lambda i: (8, 9)
+    module.nvmlSystemGetDriverVersion = lambda: "560.35"
+    module.nvmlSystemGetCudaDriverVersion = lambda: 12060
+    monkeypatch.setitem(sys.modules, "pynvml", module)

@@ -6,17 +6,13 @@ import json
 
 from typer.testing import CliRunner
 
+from conftest import fake_nvml
 from qdtool.cli.app import app
 
 runner = CliRunner()
 
 
 def test_probe_gpu_with_two_fake_gpus(monkeypatch):
-    import sys
-
-    sys.path.insert(0, __file__.rsplit("/", 2)[0] + "/core")
-    from test_presets import fake_nvml
-
     fake_nvml(monkeypatch, [24, 24])
     result = runner.invoke(app, ["probe-gpu", "--model", "Qwen/Qwen2.5-7B-Instruct", "--json"])
     assert result.exit_code == 0, result.output

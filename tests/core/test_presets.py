@@ -11,24 +11,9 @@ from qdtool.config import load_train_config
 from qdtool.core.hardware import probe_hardware
 from qdtool.core.memory import estimate
 from qdtool.core.presets import KNOWN_SHAPES, TIERS, choose_auto, load_preset, model_shape, resolve_preset
+from conftest import GIB as GB
+from conftest import fake_nvml
 from qdtool.errors import ConfigError
-
-GB = 2**30  # an "8 GB" card has 8 GiB (8,192 MiB) of memory
-
-
-def fake_nvml(monkeypatch, sizes_gb: list[int], used_gib: float = 0.3):
-    """A stand-in pynvml with GPUs of the given sizes; `used_gib` is taken (display, other processes)."""
-    module = types.SimpleNamespace()
-    module.nvmlInit = lambda: None
-    module.nvmlShutdown = lambda: None
-    module.nvmlDeviceGetCount = lambda: len(sizes_gb)
-    module.nvmlDeviceGetHandleByIndex = lambda i: i
-    module.nvmlDeviceGetName = lambda i: f"Fake GPU {sizes_gb[i]}GB"
-    module.nvmlDeviceGetMemoryInfo = lambda i: types.SimpleNamespace(total=sizes_gb[i] * GB, free=sizes_gb[i] * GB - used_gib * 2**30)
-    module.nvmlDeviceGetCudaComputeCapability = lambda i: (8, 9)
-    module.nvmlSystemGetDriverVersion = lambda: "560.35"
-    module.nvmlSystemGetCudaDriverVersion = lambda: 12060
-    monkeypatch.setitem(sys.modules, "pynvml", module)
 
 
 def test_no_gpu_reports_the_cpu(monkeypatch):
