@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import time
 import typing
 from pathlib import Path
@@ -90,6 +91,8 @@ def train(
             settings = settings.model_copy(update={"max_steps": None})
         with _Progress() as progress:
             result = run(settings, resume=resume, overwrite=overwrite, on_event=progress.event)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process reports
+        return
     if result.already_complete:
         console.print(f"{result.output_dir} is already complete ({result.steps} steps). Pass --overwrite to train it again.")
     _summary(result)

@@ -14,6 +14,7 @@ class Hardware:
     device: str  # "cuda" or "cpu"
     precision: str  # "bf16", "fp16" or "fp32"
     name: str
+    index: int = 0  # the CUDA device this process uses (its LOCAL_RANK under torchrun)
 
     @property
     def dtype(self) -> Any:
@@ -82,7 +83,7 @@ def load_base_model(config: TrainConfig, hardware: Hardware, progress=None) -> A
     model = load_model(
         config.model,
         dtype=hardware.dtype,
-        device_map={"": 0} if hardware.device == "cuda" else None,
+        device_map={"": hardware.index} if hardware.device == "cuda" else None,
         quantization_config=quantization,
         trust_remote_code=config.trust_remote_code,
         progress=progress,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qdtool.config import TrainConfig, dump_config
+from qdtool.core.distributed import Dist, init_from_env
 from qdtool.core.loss import answer_loss_sum
 from qdtool.errors import ConfigError, TrainingError, TrainingInterrupted
 
@@ -109,6 +110,16 @@ def _lock_run_dir(out: Path) -> Any:
     return handle
 
 
+class _NoMetrics:
+    """What processes other than the first write: nothing."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def rows(self) -> list[dict[str, Any]]:
+        return []
+
+
 class _StopFlag:
     """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the step and stops."""
 
@@ -167,7 +178,12 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     from qdtool.core.tracking import MetricsFile, Tracker, plot_losses
     from qdtool.resources import default_train_files
 
-    emit = on_event or (lambda kind, payload: None)
+    hardware = adapters.detect_hardware(config)
+    dist = init_from_env(hardware.device == "cuda")
+    if dist.enabled and hardware.device == "cuda":
+        hardware = adapters.Hardware("cuda", hardware.precision, hardware.name, dist.local_rank)
+    # only the first process reports, writes and holds the run directory
+    emit = (on_event or (lambda kind, payload: None)) if dist.main else (lambda kind, payload: None)
     warnings: list[str] = []
 
     def warn(message: str) -> None:
@@ -181,7 +197,6 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
         "data": Path(config.data).resolve() if config.data else None,
         "eval_data": Path(config.eval_data).resolve() if config.eval_data else None,
     })
-    hardware = adapters.detect_hardware(config)
     train_files = [Path(config.data)] if config.data else default_train_files()
     records = [r for path in train_files for r in read_dataset(path)]
     eval_given = read_dataset(config.eval_data) if config.eval_data else None
@@ -190,8 +205,11 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
         raise ConfigError(f"--resume {resume}: not a complete checkpoint directory (use auto, never, or runs/NAME/checkpoints/step-N)")
     if explicit and overwrite:
         raise ConfigError("--overwrite would delete the checkpoint that --resume names; pass only one of them")
-    out = prepare_output_dir(config, overwrite)
-    held.append(_lock_run_dir(out))  # one training per run directory; released by `train`
+    out = Path(config.output_dir)
+    if dist.main:
+        out = prepare_output_dir(config, overwrite)
+        held.append(_lock_run_dir(out))  # one training per run directory; released by `train`
+    dist.barrier()
     finished = (out / "run_summary.json").is_file()
     if finished and resume == "auto":
         summary = json.loads((out / "run_summary.json").read_text(encoding="utf-8"))
@@ -204,10 +222,11 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
         train_records, eval_records = records, eval_given
     else:
         train_records, eval_records = batching.split_eval(records, config.eval_split, config.eval_max_records, config.seed)
-    (out / "run_config.yaml").write_text(
-        f"# written by qdtool train; `qdtool train --config {out / 'run_config.yaml'}` repeats this run\n" + dump_config(config),
-        encoding="utf-8",
-    )
+    if dist.main:
+        (out / "run_config.yaml").write_text(
+            f"# written by qdtool train; `qdtool train --config {out / 'run_config.yaml'}` repeats this run\n" + dump_config(config),
+            encoding="utf-8",
+        )
 
     # 2. tokenizer, samples, batch plan
     emit("info", {"message": f"loading {config.model} on {hardware.name} ({hardware.precision})"})
@@ -219,15 +238,17 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     if train_set.dropped or train_set.truncated:
         warn(f"{train_set.dropped} sample(s) over max_seq_len={config.max_seq_len} dropped, {train_set.truncated} truncated "
              f"(e.g. {', '.join(train_set.examples_of_overlong[:3])})")
+    # one optimizer step = grad_accum micro-batches per process; process r takes every world-th one
     plan = batching.BatchPlan(train_set.samples, config.seed, config.packing, config.batch_tokens, config.batch_size,
-                              tokenizer.pad_token_id or 0, config.grad_accum)
+                              tokenizer.pad_token_id or 0, config.grad_accum * dist.world)
     total_steps = config.max_steps or plan.total_steps(config.epochs)
     eval_batches = batching.pack(eval_set.samples, config.batch_tokens) if config.packing else \
         batching.pad_batches(eval_set.samples, config.batch_size, tokenizer.pad_token_id or 0)
 
     # 3. model, LoRA, optimizer
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same LoRA initialization in every process
     model = adapters.add_lora(adapters.load_base_model(config, hardware, progress), config)
+    torch.manual_seed(config.seed + dist.rank)  # then each process its own dropout masks
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = adapters.build_optimizer(model, config, hardware)
     scheduler = adapters.build_scheduler(optimizer, config, total_steps)
@@ -237,27 +258,29 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     if start_from is not None:
         state = checkpoint.load_checkpoint(start_from, model, optimizer, scheduler, scaler)
         start_step = state["step"]
-        checkpoint.drop_after(out / "checkpoints", start_step)  # an older resume point abandons newer checkpoints
+        if dist.main:
+            checkpoint.drop_after(out / "checkpoints", start_step)  # an older resume point abandons newer checkpoints
         emit("info", {"message": f"resuming from {start_from} (step {start_step})"})
 
     result = TrainResult(str(out), str(out / "adapter"), start_step, total_steps, len(train_set.samples), len(eval_set.samples),
                          train_set.dropped, train_set.truncated, resumed_from=str(start_from) if start_from else None,
                          device=hardware.device, precision=hardware.precision, trainable_params=trainable, warnings=warnings)
-    metrics = MetricsFile(out / "metrics.jsonl", start_step)
-    tracker = Tracker(config.report_to, out, config.run_name or out.name, config.model_dump(mode="json"), warn)
+    metrics = MetricsFile(out / "metrics.jsonl", start_step) if dist.main else _NoMetrics()
+    tracker = Tracker(config.report_to if dist.main else "none", out, config.run_name or out.name, config.model_dump(mode="json"), warn)
 
     def evaluate(step: int) -> float:
         model.eval()
         total, count = 0.0, 0
         try:
             with torch.no_grad():
-                for mb in eval_batches:
+                for mb in eval_batches[dist.rank :: dist.world]:
                     with autocast or nullcontext():
                         loss_sum, n = answer_loss_sum(model, mb.to_tensors(hardware.device))
                     total, count = total + float(loss_sum), count + n
         except torch.cuda.OutOfMemoryError as exc:
             raise TrainingError(_oom_message(step, config, "evaluation")) from exc
         model.train()
+        total, count = dist.sum([total, float(count)])
         value = total / max(count, 1)
         if state["first_eval_loss"] is None:
             state["first_eval_loss"] = value
@@ -282,7 +305,7 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
             for step, epoch, micro in plan.steps(start_step):
                 if step >= total_steps:
                     break
-                row = _train_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step)
+                row = _train_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist)
                 state["supervised_tokens"] += row["supervised_tokens"]
                 state["train_seconds"] += row["seconds"]
                 state["final_train_loss"] = row["loss"]
@@ -291,25 +314,32 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
                 tracker.log(row, step + 1)
                 emit("step", row)
                 done = step + 1
-                stopping = stop.signum is not None and done < total_steps  # on the last step, just finish
+                asked = dist.sum([1.0 if stop.signum is not None else 0.0])[0] > 0  # every process stops at the same step
+                stopping = asked and done < total_steps  # on the last step, just finish
                 if not stopping and (done % config.eval_steps == 0 or done == total_steps):
                     evaluate(done)
                 if done < total_steps and (stopping or done % config.save_steps == 0):
-                    path = checkpoint.save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, state,
-                                                      config.save_total_limit, scaler)
-                    emit("checkpoint", {"path": str(path), "step": done})
+                    if dist.main:
+                        path = checkpoint.save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, state,
+                                                          config.save_total_limit, scaler)
+                        emit("checkpoint", {"path": str(path), "step": done})
+                    dist.barrier()
                 if stopping:
-                    name = signal.Signals(stop.signum).name
+                    name = signal.Signals(stop.signum or signal.SIGTERM).name
                     raise TrainingInterrupted(
                         f"{name} received: checkpoint saved at step {done} in {out / 'checkpoints'}. "
                         f"Resume with: qdtool train --config {out / 'run_config.yaml'}",
-                        128 + stop.signum,
+                        128 + (stop.signum or signal.SIGTERM),
                     )
         finally:
             tracker.close()
 
     # 4. the adapter, tokenizer, curve and summary
-    model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    result.steps = total_steps
+    if not dist.main:  # the first process writes the adapter and the summary
+        dist.barrier()
+        return result
+    model.save_pretrained(str(out / "adapter"))
     tokenizer.save_pretrained(str(out / "adapter"))
     plot_losses(metrics.rows(), out / "loss.png")
     result.steps = total_steps
@@ -323,6 +353,7 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     _write_atomically(out / "run_summary.json", json.dumps(result.to_dict(), indent=2))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the adapter is final; checkpoints only served resume
     emit("done", result.to_dict())
+    dist.barrier()
     return result
 
 
@@ -332,27 +363,32 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _train_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int) -> dict[str, Any]:
+def _train_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int,
+                dist: Dist = Dist()) -> dict[str, Any]:
     import torch
 
     try:
-        return _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step)
+        return _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist)
     except torch.cuda.OutOfMemoryError as exc:
         raise TrainingError(_oom_message(step, config, "training")) from exc
 
 
-def _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int) -> dict[str, Any]:
+def _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int,
+                    dist: Dist) -> dict[str, Any]:
     import torch
 
     started = time.perf_counter()
-    n_supervised = sum(mb.supervised_tokens for mb in micro)
+    n_supervised = sum(mb.supervised_tokens for mb in micro)  # of the whole step, over all processes
     loss_value = 0.0
-    for mb in micro:
+    for mb in micro[dist.rank :: dist.world]:
         with autocast or nullcontext():
             loss_sum, _ = answer_loss_sum(model, mb.to_tensors(hardware.device))
         loss = loss_sum / max(n_supervised, 1)  # token mean over the whole step, not per micro-batch
         (scaler.scale(loss) if scaler else loss).backward()
         loss_value += float(loss.detach())
+    params = [p for p in model.parameters() if p.requires_grad]
+    dist.sum_gradients(params)  # each process holds its share of the step's token-mean gradient
+    loss_value = dist.sum([loss_value])[0]
     if not math.isfinite(loss_value):
         raise TrainingError(
             f"the loss became {loss_value} at step {step + 1}. Likely causes: a learning rate too high "
@@ -361,7 +397,6 @@ def _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config
         )
     if scaler:
         scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")))
     if scaler:
         scaler.step(optimizer)

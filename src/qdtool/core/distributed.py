@@ -1,0 +1,68 @@
+"""Several processes (torchrun / accelerate launch): who this process is, and the few collectives
+the training loop needs. Without WORLD_SIZE > 1 in the environment everything is a no-op."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def sum(self, values: list[float], device: Any = "cpu") -> list[float]:
+        """Element-wise sum over all processes."""
+        if not self.enabled:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def sum_gradients(self, params: list[Any]) -> None:
+        """All-reduce (sum) the gradients of the trainable parameters (LoRA: a few MB)."""
+        if not self.enabled:
+            return
+        import torch
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:  # this rank had no micro-batch in the step
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+
+
+def init_from_env(cuda: bool) -> Dist:
+    """Join the process group torchrun / accelerate described in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
