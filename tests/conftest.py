@@ -133,3 +133,18 @@ def fake_nvml(monkeypatch, sizes_gb: list[int], used_gib: float = 0.3):
     module.nvmlSystemGetDriverVersion = lambda: "560.35"
     module.nvmlSystemGetCudaDriverVersion = lambda: 12060
     monkeypatch.setitem(sys.modules, "pynvml", module)
+
+
+@pytest.fixture
+def captured_train(monkeypatch) -> dict:
+    """Replace core training: `qdtool train` resolves its configuration, which lands in ["config"]."""
+    import qdtool.core.training as training
+
+    seen: dict = {}
+
+    def fake_train(settings, **kwargs):
+        seen["config"] = settings
+        raise SystemExit(0)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    return seen

@@ -23,16 +23,8 @@ def test_probe_gpu_with_two_fake_gpus(monkeypatch):
     assert table.exit_code == 0 and "memory estimate for Qwen/Qwen2.5-7B-Instruct" in table.output and "fits the plan" in table.output
 
 
-def test_train_preset_applies_under_flags(monkeypatch, tmp_path):
-    import qdtool.core.training as training
-
-    seen = {}
-
-    def fake_train(settings, **kwargs):
-        seen["config"] = settings
-        raise SystemExit(0)
-
-    monkeypatch.setattr(training, "train", fake_train)
+def test_train_preset_applies_under_flags(captured_train):
+    seen = captured_train
     runner.invoke(app, ["train", "--preset", "cpu", "--lr", "1e-3"])
     assert seen["config"].batch_tokens == 1024 and seen["config"].lr == 1e-3 and seen["config"].max_seq_len == 256
     result = runner.invoke(app, ["train", "--preset", "nope"])

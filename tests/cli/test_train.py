@@ -52,16 +52,8 @@ def test_missing_data_file_is_reported(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_max_steps_0_trains_by_epochs_even_over_a_yaml_value(tmp_path, monkeypatch):
-    import qdtool.core.training as training
-
-    seen = {}
-
-    def fake_train(settings, **kwargs):
-        seen["config"] = settings
-        raise SystemExit(0)
-
-    monkeypatch.setattr(training, "train", fake_train)
+def test_max_steps_0_trains_by_epochs_even_over_a_yaml_value(tmp_path, captured_train):
+    seen = captured_train
     (tmp_path / "c.yaml").write_text("# qdtool train --config c.yaml\nmax_steps: 7\nepochs: 2\n")
     runner.invoke(app, ["train", "--config", str(tmp_path / "c.yaml"), "--max-steps", "0"])
     assert seen["config"].max_steps is None and seen["config"].epochs == 2
