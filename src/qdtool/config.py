@@ -105,6 +105,10 @@ class TrainConfig(BaseModel):
             raise ValueError("\n".join(problems))
         return self
 
+    def prompt_options(self) -> dict[str, Any]:
+        """The prompt settings, as `render_prompt` / `encode_sample` take them (train = decompose = eval)."""
+        return {"template": self.template, "language": self.language, "instruction": self.instruction}
+
     @classmethod
     def field_help(cls) -> dict[str, str]:
         return {name: f.description or "" for name, f in cls.model_fields.items()}

@@ -153,6 +153,11 @@ def pad_batches(samples: Sequence[EncodedSample], batch_size: int, pad_id: int) 
     return batches
 
 
+def make_batches(samples: Sequence[EncodedSample], packing: bool, batch_tokens: int, batch_size: int, pad_id: int) -> list[MicroBatch]:
+    """Packed rows of at most `batch_tokens`, or padded batches of `batch_size` samples."""
+    return pack(samples, batch_tokens) if packing else pad_batches(samples, batch_size, pad_id)
+
+
 class BatchPlan:
     """The deterministic stream of micro-batches: epoch e uses the samples shuffled with seed + e.
 
@@ -174,7 +179,7 @@ class BatchPlan:
         order = list(range(len(self.samples)))
         random.Random(self.seed + index).shuffle(order)
         ordered = [self.samples[i] for i in order]
-        batches = pack(ordered, self.batch_tokens) if self.packing else pad_batches(ordered, self.batch_size, self.pad_id)
+        batches = make_batches(ordered, self.packing, self.batch_tokens, self.batch_size, self.pad_id)
         self._cached = (index, batches)
         self._steps[index] = math.ceil(len(batches) / self.grad_accum)
         return batches

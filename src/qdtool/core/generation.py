@@ -61,10 +61,6 @@ def latest_run(runs_dir: Path = Path("runs")) -> Path | None:
     return max(runs, key=lambda p: (p / RUN_CONFIG).stat().st_mtime, default=None)
 
 
-def _prompt_options(config: Any) -> dict[str, Any]:
-    return {"template": config.template, "language": config.language, "instruction": config.instruction}
-
-
 def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code: bool = False, progress=None) -> Decomposer:
     """Resolve a model spec for inference.
 
@@ -118,11 +114,11 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
             # shifts logits (see core/merging.py), so there the adapter stays separate.
             model = model.merge_and_unload()
         tokenizer = load_tokenizer(str(path / "adapter"))
-        options = _prompt_options(config)
+        options = config.prompt_options()
     else:
         model = load_model(spec, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, progress=progress)
         tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code, progress=progress)
-        options = _prompt_options(load_train_config(run_config)) if run_config.is_file() else {}
+        options = load_train_config(run_config).prompt_options() if run_config.is_file() else {}
     model.eval()
     tokenizer.padding_side = "left"  # generation continues on the right
     return Decomposer(model, tokenizer, options, spec)

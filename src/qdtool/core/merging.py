@@ -123,7 +123,7 @@ def _probe_batch(tokenizer: Any, config: Any) -> dict[str, Any]:
     from qdtool.core.prompts import format_answer, render_prompt, uses_chat_template
 
     chat = uses_chat_template(tokenizer, config.template)
-    texts = [render_prompt(q, tokenizer, template=config.template, language=config.language, instruction=config.instruction)
+    texts = [render_prompt(q, tokenizer, **config.prompt_options())
              + format_answer(["First step?", "Second step using #1?"]) for q in _PROBES]
     rows = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
     width = max(len(r) for r in rows)

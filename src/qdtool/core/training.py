@@ -232,18 +232,18 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     emit("info", {"message": f"loading {config.model} on {hardware.name} ({hardware.precision})"})
     progress = lambda message: emit("info", {"message": message})  # noqa: E731
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, progress=progress)
-    prompt = {"template": config.template, "language": config.language, "instruction": config.instruction}
+    prompt = config.prompt_options()
     train_set = batching.encode_records(train_records, tokenizer, config.max_seq_len, config.overlong, **prompt)
     eval_set = batching.encode_records(eval_records, tokenizer, config.max_seq_len, "truncate", **prompt)
     if train_set.dropped or train_set.truncated:
         warn(f"{train_set.dropped} sample(s) over max_seq_len={config.max_seq_len} dropped, {train_set.truncated} truncated "
              f"(e.g. {', '.join(train_set.examples_of_overlong[:3])})")
     # one optimizer step = grad_accum micro-batches per process; process r takes every world-th one
+    pad_id = tokenizer.pad_token_id or 0
     plan = batching.BatchPlan(train_set.samples, config.seed, config.packing, config.batch_tokens, config.batch_size,
-                              tokenizer.pad_token_id or 0, config.grad_accum * dist.world)
+                              pad_id, config.grad_accum * dist.world)
     total_steps = config.max_steps or plan.total_steps(config.epochs)
-    eval_batches = batching.pack(eval_set.samples, config.batch_tokens) if config.packing else \
-        batching.pad_batches(eval_set.samples, config.batch_size, tokenizer.pad_token_id or 0)
+    eval_batches = batching.make_batches(eval_set.samples, config.packing, config.batch_tokens, config.batch_size, pad_id)
 
     # 3. model, LoRA, optimizer
     torch.manual_seed(config.seed)  # the same LoRA initialization in every process
