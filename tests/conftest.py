@@ -64,8 +64,9 @@ def tiny_chat_tokenizer():
     return build_tokenizer(chat=True)
 
 
-def build_tiny_model(vocab_size: int, seed: int = 0):
-    """A 2-layer, 64-wide Llama-architecture model with random weights."""
+def build_tiny_model(vocab_size: int, seed: int = 0, tied: bool = False):
+    """A 2-layer, 64-wide Llama-architecture model with random weights (`tied`: the LM head is the
+    input embedding, as in Gemma)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -81,6 +82,7 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
         bos_token_id=2,
         eos_token_id=1,
         pad_token_id=0,
+        tie_word_embeddings=tied,
     )
     return LlamaForCausalLM(config).eval()
 

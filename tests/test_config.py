@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_config_in_the_repo_is_valid_and_says_how_to_use_it(path):
     load_train_config(path)
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first_line.startswith("# qdtool train --config configs/")
+    assert first_line.startswith(("# qdtool train --config configs/", "# torchrun --nproc_per_node 8 -m qdtool train --config configs/"))
 
 
 def test_low_memory_is_the_rtx_4060_recipe():

@@ -73,6 +73,7 @@ class TrainConfig(BaseModel):
     double_quant: bool = Field(True, description="NF4 double quantization (4-bit only).")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Compute precision; auto: bf16 where the GPU or CPU supports it, else fp16 (GPU) or fp32 (CPU).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
+    sharding: Literal["none", "fsdp"] = Field("none", description="With several processes (torchrun): none = each holds the whole model; fsdp = the base weights are sharded across them.")
 
     # optimization
     optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field("adamw", description="Optimizer.")
@@ -101,6 +102,11 @@ class TrainConfig(BaseModel):
             problems.append("use_dora does not work with 8-bit quantization; use 4bit or none")
         if self.quantization != "none" and self.precision == "fp32":
             problems.append(f"quantization {self.quantization} computes in bf16/fp16; precision fp32 is not supported with it")
+        if self.sharding == "fsdp" and self.quantization != "none":
+            problems.append(f"sharding fsdp shards 16/32-bit weights; quantization {self.quantization} is not supported with it "
+                            "(a 4-bit model that fits one GPU trains with sharding none under torchrun)")
+        if self.sharding == "fsdp" and self.precision == "fp16":
+            problems.append("sharding fsdp trains in bf16 or fp32, not fp16 (no sharded gradient scaler); use --precision bf16")
         if problems:
             raise ValueError("\n".join(problems))
         return self

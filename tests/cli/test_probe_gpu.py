@@ -29,3 +29,11 @@ def test_train_preset_applies_under_flags(captured_train):
     assert seen["config"].batch_tokens == 1024 and seen["config"].lr == 1e-3 and seen["config"].max_seq_len == 256
     result = runner.invoke(app, ["train", "--preset", "nope"])
     assert result.exit_code == 1 and "unknown preset 'nope'" in result.output
+
+
+def test_probe_gpu_plans_fsdp_for_a_model_no_single_gpu_holds(monkeypatch):
+    fake_nvml(monkeypatch, [12] * 8)
+    result = runner.invoke(app, ["probe-gpu", "--model", "Qwen/Qwen2.5-14B-Instruct"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "per GPU with FSDP over 8" in result.output and "sharding" in result.output and "fsdp" in result.output
+    assert "torchrun --nproc_per_node 8" in " ".join(result.output.split())

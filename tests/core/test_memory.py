@@ -9,6 +9,7 @@ from transformers import AutoConfig
 from conftest import build_tiny_model
 from qdtool.config import TrainConfig
 from qdtool.core.adapters import add_lora
+from qdtool.core.presets import model_shape
 from qdtool.core.memory import GIB, Shape, activation_bytes_per_token_layer, estimate, lora_params, weight_bytes
 
 
@@ -37,6 +38,19 @@ def test_tiny_shape_by_hand():
     expected = (4 * h + (h + q + h + i) + (2 * q + 2 * kv) + 3 * i) * 2 + (3 * h + q + 2 * h + i) * 3
     assert activation_bytes_per_token_layer(shape, False) == expected
     assert activation_bytes_per_token_layer(shape, True) == h * 2
+
+
+def test_fsdp_shards_layers_and_lora_but_keeps_the_root_whole():
+    shape = Shape(64, 128, 2, 4, 2, 16, 600, False)
+    whole, sharded = estimate(shape, batch_tokens=256), estimate(shape, batch_tokens=256, shards=4)
+    root = (2 * 600 * 64 + 64) * 2  # embeddings + untied head + final norm, bf16: gathered through forward and backward
+    layer = (36864 + 2 * 64) * 2  # one decoder layer's linears and its two norms
+    assert whole.weights_gib * GIB == 2 * shape.parameters == root + 2 * layer
+    assert sharded.weights_gib * GIB == pytest.approx(2 * layer / 4 + 2 * layer + root)  # own shard + two layers gathered
+    assert sharded.lora_and_optimizer_gib == pytest.approx(whole.lora_and_optimizer_gib / 4)
+    assert (sharded.activations_gib, sharded.logits_and_loss_gib) == (whole.activations_gib, whole.logits_and_loss_gib)
+    big = model_shape("Qwen/Qwen2.5-14B-Instruct")  # where sharding pays: 8 GPUs hold well under 1/2 each
+    assert estimate(big, shards=8).weights_gib < estimate(big).weights_gib / 2
 
 
 def test_terms_add_up_and_logits_follow_the_supervised_share():

@@ -67,6 +67,20 @@ def test_smallest_gpu_decides_and_nothing_fits_is_clear(monkeypatch):
         choose_auto(probe_hardware(), model="Qwen/Qwen2.5-14B-Instruct")
 
 
+def test_a_model_too_big_for_each_gpu_is_sharded_over_all_of_them(monkeypatch):
+    fake_nvml(monkeypatch, [12])
+    with pytest.raises(ConfigError, match="does not fit"):
+        choose_auto(probe_hardware(), model="Qwen/Qwen2.5-14B-Instruct")
+    fake_nvml(monkeypatch, [12] * 8)
+    choice = choose_auto(probe_hardware(), model="Qwen/Qwen2.5-14B-Instruct")
+    assert (choice.settings["sharding"], choice.settings["quantization"]) == ("fsdp", "none")
+    assert choice.estimate.total_gib <= (12 * GB / 2**30 - 0.3) * 0.92
+    assert any("torchrun --nproc_per_node 8" in reason for reason in choice.reasons)
+    load_train_config(overrides=choice.settings)  # a valid training configuration
+    fake_nvml(monkeypatch, [80, 80])  # fits one GPU: plain DDP, no sharding
+    assert "sharding" not in choose_auto(probe_hardware(), model="Qwen/Qwen2.5-14B-Instruct").settings
+
+
 def test_max_seq_len_follows_the_data_p99(monkeypatch):
     fake_nvml(monkeypatch, [24])
     choice = choose_auto(probe_hardware(), p99_tokens=141)

@@ -52,7 +52,9 @@ def probe_gpu(
         console.print(f"No CUDA GPU found: CPU with {hardware.cpu_cores} cores and {hardware.ram_gib:.1f} GiB RAM.", markup=False)
     if choice.estimate is not None:
         e = choice.estimate
-        table = Table(title=f"memory estimate for {choice.settings['model']} ({e.parameters / 1e9:.2f}B parameters)", title_justify="left")
+        sharded = choice.settings.get("sharding") == "fsdp"
+        where = f", per GPU with FSDP over {len(hardware.gpus)}: {e.total_gib * len(hardware.gpus):.1f} GiB in all" if sharded else ""
+        table = Table(title=f"memory estimate for {choice.settings['model']} ({e.parameters / 1e9:.2f}B parameters{where})", title_justify="left")
         table.add_column("term")
         table.add_column("GiB", justify="right")
         for label, value in (("weights", e.weights_gib), (f"LoRA ({e.lora_params / 1e6:.1f}M) + grads + optimizer", e.lora_and_optimizer_gib),

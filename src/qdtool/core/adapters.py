@@ -61,7 +61,8 @@ def detect_hardware(config: TrainConfig) -> Hardware:
     return Hardware(device, precision, name)
 
 
-def load_base_model(config: TrainConfig, hardware: Hardware, progress=None) -> Any:
+def load_base_model(config: TrainConfig, hardware: Hardware, progress=None, *, on_cpu: bool = False) -> Any:
+    """The base model, ready for LoRA; `on_cpu` keeps it off the GPU (FSDP moves each process's shard there)."""
     from qdtool.core.modeling import load_model
 
     quantization = None
@@ -83,7 +84,7 @@ def load_base_model(config: TrainConfig, hardware: Hardware, progress=None) -> A
     model = load_model(
         config.model,
         dtype=hardware.dtype,
-        device_map={"": hardware.index} if hardware.device == "cuda" else None,
+        device_map={"": hardware.index} if hardware.device == "cuda" and not on_cpu else None,
         quantization_config=quantization,
         trust_remote_code=config.trust_remote_code,
         progress=progress,

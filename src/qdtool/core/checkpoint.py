@@ -42,8 +42,11 @@ def drop_after(root: Path, step: int) -> None:
 
 
 def save_checkpoint(
-    root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], keep: int, scaler: Any = None
+    root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], keep: int, scaler: Any = None,
+    *, adapter_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
+    """Write a checkpoint; `adapter_state` / `optimizer_state` replace the model's and optimizer's own
+    (FSDP: the states gathered whole from every process, see core/sharding.py)."""
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -54,9 +57,10 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     tmp.mkdir()
-    adapter = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(adapter, str(tmp / "adapter.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if adapter_state is None:
+        adapter_state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(adapter_state, str(tmp / "adapter.safetensors"))
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -73,14 +77,27 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any = None) -> dict[str, Any]:
-    """Restore a checkpoint into live objects; returns its trainer state (with `step`)."""
-    import torch
+def load_adapter(path: Path, model: Any) -> None:
+    """The checkpoint's LoRA weights into `model` (before FSDP shards it, when it does)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
+def load_checkpoint(
+    path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any = None, *, load_optimizer: Any = None
+) -> dict[str, Any]:
+    """Restore a checkpoint into live objects; returns its trainer state (with `step`).
+
+    `model` None skips the adapter (already loaded with `load_adapter`); `load_optimizer` replaces
+    `optimizer.load_state_dict` (FSDP: a whole state into a sharded optimizer).
+    """
+    import torch
+
+    if model is not None:
+        load_adapter(path, model)
+    (load_optimizer or optimizer.load_state_dict)(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if scaler is not None and (path / "scaler.pt").is_file():
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))

@@ -149,10 +149,15 @@ def estimate(
     gradient_checkpointing: bool = False,
     precision: str = "bf16",
     lora_dropout: bool = True,
+    shards: int = 1,
 ) -> MemoryEstimate:
-    """Predicted peak memory of one training step with these settings.
+    """Predicted peak memory of one training step with these settings, on one GPU.
 
     Args:
+        shards: processes the weights are sharded over (`sharding: fsdp`; 1 = each holds all).
+            Each then keeps 1/shards of the decoder layers' weights and of the LoRA state, plus two
+            layers gathered whole (the one computing and the one prefetched) and the root unit
+            (embeddings, head, norms), which FSDP keeps gathered from forward through backward.
         batch_tokens: tokens in one micro-batch (all rows together).
         supervised_share: share of those tokens that carry a label (qdtool computes logits only
             there); ignored when `answer_only_logits` is False (the seed script's full logits).
@@ -161,6 +166,11 @@ def estimate(
     weights = weight_bytes(shape, quantization, double_quant, bytes_16)
     n_lora = lora_params(shape, lora_r, lora_target)
     lora = n_lora * optimizer_bytes_per_param(optimizer)
+    if shards > 1:
+        root = (shape.embedding_params + shape.hidden) * bytes_16
+        layer = (weights - root) / shape.layers
+        weights = (weights - root) / shards + 2 * layer + root
+        lora /= shards
     per_layer = activation_bytes_per_token_layer(shape, gradient_checkpointing, bytes_16, lora_dropout)
     activations = batch_tokens * shape.layers * per_layer
     if gradient_checkpointing:  # one layer is recomputed in full during backward

@@ -87,17 +87,19 @@ def _speed(quantization: str, checkpointing: bool, batch_tokens: int) -> float:
 
 
 def _fastest_fit(shape: Shape, budget: float, max_seq_len: int, supervised_share: float, lora_r: int,
-                 precision: str) -> tuple[dict[str, Any], MemoryEstimate] | None:
-    """The highest-ranked settings whose estimate fits `budget` GiB, or None."""
+                 precision: str, shards: int = 1) -> tuple[dict[str, Any], MemoryEstimate] | None:
+    """The highest-ranked settings whose estimate fits `budget` GiB, or None. With `shards` > 1
+    the plan is FSDP over that many GPUs (16-bit weights only: qdtool does not shard 4-bit ones)."""
     best: tuple[float, dict[str, Any], MemoryEstimate] | None = None
-    for quantization in ("none", "4bit"):
+    for quantization in ("none", "4bit") if shards == 1 else ("none",):
         for checkpointing in (False, True):
             for batch_tokens in BATCH_TOKENS:
                 if batch_tokens < max_seq_len:
                     continue
                 optimizer = "adamw_fused" if quantization == "none" else "paged_adamw_8bit"
                 est = estimate(shape, quantization=quantization, lora_r=lora_r, optimizer=optimizer, batch_tokens=batch_tokens,
-                               supervised_share=supervised_share, gradient_checkpointing=checkpointing, precision=precision)
+                               supervised_share=supervised_share, gradient_checkpointing=checkpointing, precision=precision,
+                               shards=shards)
                 if est.total_gib > budget:
                     continue
                 score = _speed(quantization, checkpointing, batch_tokens)
@@ -105,6 +107,8 @@ def _fastest_fit(shape: Shape, budget: float, max_seq_len: int, supervised_share
                     settings = {"quantization": quantization, "gradient_checkpointing": checkpointing, "batch_tokens": batch_tokens,
                                 "max_seq_len": max_seq_len, "optimizer": optimizer, "grad_accum": max(1, TOKENS_PER_STEP // batch_tokens),
                                 "packing": True, "lora_r": lora_r, "lora_alpha": 2 * lora_r}
+                    if shards > 1:
+                        settings["sharding"] = "fsdp"
                     best = (score, settings, est)
     return None if best is None else (best[1], best[2])
 
@@ -112,7 +116,8 @@ def _fastest_fit(shape: Shape, budget: float, max_seq_len: int, supervised_share
 def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_tokens: int | None = None,
                 supervised_share: float = 0.4, lora_r: int = 16) -> PresetChoice:
     """The fastest settings whose estimated peak fits the smallest GPU here (every GPU holds a full
-    copy under DDP); on a machine without GPU, the cpu preset.
+    copy under DDP); with several GPUs and a model that fits none of them even in 4-bit, FSDP over
+    all of them; on a machine without GPU, the cpu preset.
 
     Raises:
         ConfigError: the model does not fit even in 4-bit with checkpointing and 256-token rows.
@@ -149,6 +154,12 @@ def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_token
     best = None
     for name, why in candidates:
         found = _fastest_fit(model_shape(name), budget, max_seq_len, supervised_share, lora_r, precision)
+        if found is None and len(hardware.gpus) > 1:  # too big for one GPU: shard it over all of them
+            found = _fastest_fit(model_shape(name), budget, max_seq_len, supervised_share, lora_r, precision, len(hardware.gpus))
+            if found is not None:
+                n = len(hardware.gpus)
+                reasons.append(f"sharding fsdp: the model fits no single GPU, even in 4-bit; its weights are sharded over the {n} GPUs "
+                               f"(launch with: torchrun --nproc_per_node {n} -m qdtool train --preset auto ...)")
         if found is not None:
             best, model = found, name
             reasons.append(f"model {name}: {why}")
@@ -159,14 +170,14 @@ def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_token
                                  supervised_share=supervised_share, precision=precision).total_gib
         raise ConfigError(
             f"{candidates[-1][0]} does not fit in {smallest.free_gib:.1f} GiB free even in 4-bit with gradient checkpointing "
-            f"(needs about {smallest_need:.1f} GiB): choose a smaller model, e.g. Qwen/Qwen2.5-0.5B-Instruct, or free the GPU"
+            f"(needs about {smallest_need:.1f} GiB){', nor sharded (FSDP) over the ' + str(len(hardware.gpus)) + ' GPUs' if len(hardware.gpus) > 1 else ''}: choose a smaller model, e.g. Qwen/Qwen2.5-0.5B-Instruct, or free the GPU"
         )
     settings, est = best
     settings["model"] = model
     reasons.append(
         f"{'4-bit NF4' if settings['quantization'] == '4bit' else 'bf16 weights'}, gradient checkpointing "
         f"{'on' if settings['gradient_checkpointing'] else 'off'}, {settings['batch_tokens']} tokens per micro-batch: the fastest "
-        f"combination whose estimate ({est.total_gib:.1f} GiB) fits the budget"
+        f"combination whose estimate ({est.total_gib:.1f} GiB{' per GPU' if len(hardware.gpus) > 1 else ''}) fits the budget"
     )
     reasons.append(f"grad_accum {settings['grad_accum']}: about {TOKENS_PER_STEP:,} tokens per optimizer step")
     return PresetChoice("auto", settings, est, budget, reasons)

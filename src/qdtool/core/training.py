@@ -246,17 +246,43 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     eval_batches = batching.make_batches(eval_set.samples, config.packing, config.batch_tokens, config.batch_size, pad_id)
 
     # 3. model, LoRA, optimizer
+    sharded = config.sharding == "fsdp" and dist.enabled
+    if config.sharding == "fsdp" and not dist.enabled:
+        warn("sharding fsdp needs several processes (torchrun / accelerate launch); this single process trains unsharded")
     torch.manual_seed(config.seed)  # the same LoRA initialization in every process
-    model = adapters.add_lora(adapters.load_base_model(config, hardware, progress), config)
+    model = adapters.add_lora(adapters.load_base_model(config, hardware, progress, on_cpu=sharded), config)
     torch.manual_seed(config.seed + dist.rank)  # then each process its own dropout masks
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    loss_module = None
+    if sharded:
+        from qdtool.core import sharding
+
+        if start_from is not None:  # whole LoRA weights go in before they are sharded
+            checkpoint.load_adapter(start_from, model)
+        loss_module = sharding.shard(model, hardware.device)
+        emit("info", {"message": f"FSDP: base weights sharded over {dist.world} processes"})
+
+    def loss_of(batch: dict[str, Any]) -> tuple[Any, int]:
+        if loss_module is not None:
+            loss_sum, count = loss_module(**batch)
+            return loss_sum, int(count)
+        return answer_loss_sum(model, batch)
+
+    def share(items: list[Any]) -> list[tuple[Any, float]]:
+        """This process's micro-batches with their weight (FSDP pads with weight-0 repeats)."""
+        if sharded:
+            return sharding.lockstep(items, dist.rank, dist.world)
+        return [(item, 1.0) for item in items[dist.rank :: dist.world]]
+
     optimizer = adapters.build_optimizer(model, config, hardware)
     scheduler = adapters.build_scheduler(optimizer, config, total_steps)
     autocast = torch.autocast(device_type=hardware.device, dtype=hardware.dtype) if hardware.precision != "fp32" else None
     scaler = torch.amp.GradScaler("cuda") if hardware.precision == "fp16" else None
     start_step, state = 0, {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0}
     if start_from is not None:
-        state = checkpoint.load_checkpoint(start_from, model, optimizer, scheduler, scaler)
+        load_optimizer = (lambda saved: sharding.load_full_optimizer_state(loss_module, optimizer, saved)) if sharded else None
+        state = checkpoint.load_checkpoint(start_from, None if sharded else model, optimizer, scheduler, scaler,
+                                           load_optimizer=load_optimizer)
         start_step = state["step"]
         if dist.main:
             checkpoint.drop_after(out / "checkpoints", start_step)  # an older resume point abandons newer checkpoints
@@ -273,10 +299,11 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
         total, count = 0.0, 0
         try:
             with torch.no_grad():
-                for mb in eval_batches[dist.rank :: dist.world]:
+                for mb, weight in share(eval_batches):
                     with autocast or nullcontext():
-                        loss_sum, n = answer_loss_sum(model, mb.to_tensors(hardware.device))
-                    total, count = total + float(loss_sum), count + n
+                        loss_sum, n = loss_of(mb.to_tensors(hardware.device))
+                    if weight:
+                        total, count = total + float(loss_sum), count + n
         except torch.cuda.OutOfMemoryError as exc:
             raise TrainingError(_oom_message(step, config, "evaluation")) from exc
         model.train()
@@ -305,7 +332,8 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
             for step, epoch, micro in plan.steps(start_step):
                 if step >= total_steps:
                     break
-                row = _train_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist)
+                row = _train_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist, loss_of, share,
+                                  sharded)
                 state["supervised_tokens"] += row["supervised_tokens"]
                 state["train_seconds"] += row["seconds"]
                 state["final_train_loss"] = row["loss"]
@@ -319,9 +347,13 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
                 if not stopping and (done % config.eval_steps == 0 or done == total_steps):
                     evaluate(done)
                 if done < total_steps and (stopping or done % config.save_steps == 0):
+                    gathered = {}
+                    if sharded:  # collectives: every process takes part, the first one writes
+                        gathered = {"adapter_state": sharding.full_adapter_state(model),
+                                    "optimizer_state": sharding.full_optimizer_state(loss_module, optimizer)}
                     if dist.main:
                         path = checkpoint.save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, state,
-                                                          config.save_total_limit, scaler)
+                                                          config.save_total_limit, scaler, **gathered)
                         emit("checkpoint", {"path": str(path), "step": done})
                     dist.barrier()
                 if stopping:
@@ -336,10 +368,11 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
 
     # 4. the adapter, tokenizer, curve and summary
     result.steps = total_steps
+    whole = {"state_dict": sharding.full_lora_weights(model)} if sharded else {}  # a collective under FSDP
     if not dist.main:  # the first process writes the adapter and the summary
         dist.barrier()
         return result
-    model.save_pretrained(str(out / "adapter"))
+    model.save_pretrained(str(out / "adapter"), **whole)
     tokenizer.save_pretrained(str(out / "adapter"))
     plot_losses(metrics.rows(), out / "loss.png")
     result.steps = total_steps
@@ -364,30 +397,36 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _train_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int,
-                dist: Dist = Dist()) -> dict[str, Any]:
+                dist: Dist = Dist(), loss_of: Any = None, share: Any = None, sharded: bool = False) -> dict[str, Any]:
     import torch
 
+    loss_of = loss_of or (lambda batch: answer_loss_sum(model, batch))
+    share = share or (lambda items: [(item, 1.0) for item in items[dist.rank :: dist.world]])
     try:
-        return _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist)
+        return _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist, loss_of, share,
+                               sharded)
     except torch.cuda.OutOfMemoryError as exc:
         raise TrainingError(_oom_message(step, config, "training")) from exc
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int,
-                    dist: Dist) -> dict[str, Any]:
+                    dist: Dist, loss_of: Any, share: Any, sharded: bool) -> dict[str, Any]:
     import torch
 
     started = time.perf_counter()
     n_supervised = sum(mb.supervised_tokens for mb in micro)  # of the whole step, over all processes
     loss_value = 0.0
-    for mb in micro[dist.rank :: dist.world]:
+    for mb, weight in share(micro):
         with autocast or nullcontext():
-            loss_sum, _ = answer_loss_sum(model, mb.to_tensors(hardware.device))
-        loss = loss_sum / max(n_supervised, 1)  # token mean over the whole step, not per micro-batch
-        (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum, _ = loss_of(mb.to_tensors(hardware.device))
+        loss = loss_sum * weight / max(n_supervised, 1)  # token mean over the whole step, not per micro-batch
+        # FSDP averages gradients over processes; the sum is wanted, as the loss is already a share of the step
+        scaled = loss * dist.world if sharded else loss
+        (scaler.scale(scaled) if scaler else scaled).backward()
         loss_value += float(loss.detach())
     params = [p for p in model.parameters() if p.requires_grad]
-    dist.sum_gradients(params)  # each process holds its share of the step's token-mean gradient
+    if not sharded:  # FSDP has already summed them (reduce-scatter in backward)
+        dist.sum_gradients(params)  # each process holds its share of the step's token-mean gradient
     loss_value = dist.sum([loss_value])[0]
     if not math.isfinite(loss_value):
         raise TrainingError(
@@ -397,7 +436,8 @@ def _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config
         )
     if scaler:
         scaler.unscale_(optimizer)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")))
+    norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a replicated DTensor
     if scaler:
         scaler.step(optimizer)
         scaler.update()
