@@ -150,3 +150,22 @@ def captured_train(monkeypatch) -> dict:
 
     monkeypatch.setattr(training, "train", fake_train)
     return seen
+
+
+# `qdtool train` with each step 0.3 s slower, run as `python -c SLOW_TRAIN ARGS` or as a torchrun
+# script, so that a test can kill it mid-run. With PID_DIR set, each process writes its pid there
+# under its RANK (torchrun starts its workers in sessions of their own).
+SLOW_TRAIN = """
+import os, sys, time
+from pathlib import Path
+if os.environ.get("PID_DIR"):
+    Path(os.environ["PID_DIR"], os.environ.get("RANK", "0")).write_text(str(os.getpid()))
+from qdtool.core import training
+real = training._train_step
+def slow(*args, **kwargs):
+    time.sleep(0.3)
+    return real(*args, **kwargs)
+training._train_step = slow
+from qdtool.cli.app import app
+app(sys.argv[1:])
+"""

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from conftest import SLOW_TRAIN
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 
 
@@ -79,12 +81,17 @@ def _assert_same_run(got: Path, want: Path) -> None:
         torch.testing.assert_close(torch.tensor(_metric(got, key)), torch.tensor(_metric(want, key)), rtol=1e-4, atol=1e-5)
 
 
+def _single_process_reference(model_dir: Path, out: Path, env: dict[str, str]) -> None:
+    """What two processes should match: one process taking both micro-batches of each step."""
+    done = subprocess.run([sys.executable, "-m", "qdtool", *_fsdp_args(model_dir, out, "--grad-accum", "2")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_fsdp_two_processes_match_a_single_process_run(tiny_model_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     single = tmp_path / "single"
-    done = subprocess.run([sys.executable, "-m", "qdtool", *_fsdp_args(tiny_model_dir, single, "--grad-accum", "2")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _single_process_reference(tiny_model_dir, single, env)
 
     fsdp = tmp_path / "fsdp"
     proc = _torchrun(["-m", "qdtool", *_fsdp_args(tiny_model_dir, fsdp, "--sharding", "fsdp")], env)
@@ -94,21 +101,6 @@ def test_fsdp_two_processes_match_a_single_process_run(tiny_model_dir, tmp_path)
     assert stdout.count("training summary") == 1
     assert 1 in _metric(fsdp, "samples")  # a step with one micro-batch: the second process ran a weight-0 pass
     _assert_same_run(fsdp, single)
-
-
-_SLOW_RUNNER = """
-import os, sys, time
-from pathlib import Path
-Path(os.environ["PID_DIR"], os.environ["RANK"]).write_text(str(os.getpid()))  # torchrun starts workers in their own sessions
-from qdtool.core import training
-real = training._train_step
-def slow(*args, **kwargs):
-    time.sleep(0.5)
-    return real(*args, **kwargs)
-training._train_step = slow
-from qdtool.cli.app import app
-app(sys.argv[1:])
-"""
 
 
 def test_fsdp_resume_after_kill_9_continues_the_same_curve(tiny_tokenizer, tmp_path):
@@ -122,14 +114,12 @@ def test_fsdp_resume_after_kill_9_continues_the_same_curve(tiny_tokenizer, tmp_p
     tiny_tokenizer.save_pretrained(model_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     reference = tmp_path / "reference"
-    done = subprocess.run([sys.executable, "-m", "qdtool", *_fsdp_args(model_dir, reference, "--grad-accum", "2")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _single_process_reference(model_dir, reference, env)
 
     out = tmp_path / "fsdp"
     args = _fsdp_args(model_dir, out, "--sharding", "fsdp", "--save-steps", "2")
     runner = tmp_path / "slow_train.py"
-    runner.write_text(_SLOW_RUNNER)
+    runner.write_text(SLOW_TRAIN)
     pids = tmp_path / "pids"
     pids.mkdir()
     proc = _torchrun([str(runner), *args], {**env, "PID_DIR": str(pids)})

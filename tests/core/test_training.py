@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import SLOW_TRAIN
 from qdtool.config import TrainConfig, load_train_config
 from qdtool.core import training
 from qdtool.errors import ConfigError, TrainingError
@@ -122,20 +123,6 @@ def test_a_failing_tracker_never_kills_training(tiny_model_dir, data_file, tmp_p
     assert any("wandb could not start" in w for w in result.warnings)
 
 
-# A slowed-down `qdtool train` in a child process, so a test can kill it mid-run.
-_SLOW_RUNNER = """
-import sys, time
-from qdtool.core import training
-real = training._train_step
-def slow(*args, **kwargs):
-    time.sleep(0.3)
-    return real(*args, **kwargs)
-training._train_step = slow
-from qdtool.cli.app import app
-app(sys.argv[1:])
-"""
-
-
 def _cli_args(model_dir, data, out, steps=10):
     return ["train", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", str(steps),
             "--batch-tokens", "1024", "--max-seq-len", "512", "--save-steps", "2", "--eval-steps", "100", "--lr", "3e-3",
@@ -144,7 +131,7 @@ def _cli_args(model_dir, data, out, steps=10):
 
 def _spawn(args, slow: bool):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    code = _SLOW_RUNNER if slow else "import sys\nfrom qdtool.cli.app import app\napp(sys.argv[1:])"
+    code = SLOW_TRAIN if slow else "import sys\nfrom qdtool.cli.app import app\napp(sys.argv[1:])"
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
