@@ -221,3 +221,12 @@ def test_one_training_per_run_directory(tiny_model_dir, data_file, tmp_path):
                 training.train(make_config(tiny_model_dir, data_file, out, max_steps=steps), overwrite=overwrite)
     assert (out / "adapter" / "adapter_model.safetensors").is_file()  # nothing was deleted
     training.train(make_config(tiny_model_dir, data_file, out, max_steps=2), overwrite=True)  # released: fine
+
+
+def test_fsdp_in_one_process_warns_and_trains_unsharded(tiny_model_dir, data_file, tmp_path):
+    result = training.train(make_config(tiny_model_dir, data_file, tmp_path / "run", max_steps=1, sharding="fsdp"))
+    assert result.steps == 1
+    assert any("sharding fsdp needs several processes" in w for w in result.warnings)
+    for bad, reason in (({"quantization": "4bit"}, "quantization 4bit is not supported with it"), ({"precision": "fp16"}, "not fp16")):
+        with pytest.raises(ConfigError, match=reason):
+            make_config(tiny_model_dir, data_file, tmp_path / "bad", sharding="fsdp", **bad)
