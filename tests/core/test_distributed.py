@@ -103,21 +103,9 @@ def test_fsdp_two_processes_match_a_single_process_run(tiny_model_dir, tmp_path)
     _assert_same_run(fsdp, single)
 
 
-def test_fsdp_resume_after_kill_9_continues_the_same_curve(tiny_tokenizer, tmp_path):
-    """A checkpoint written under FSDP (adapter and optimizer gathered whole) resumes under FSDP:
-    same losses, gradient norms and adapter as one uninterrupted process. The model ties its LM
-    head to the embeddings, as Gemma does."""
-    from conftest import build_tiny_model
-
-    model_dir = tmp_path / "tied-model"
-    build_tiny_model(len(tiny_tokenizer), seed=1, tied=True).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    reference = tmp_path / "reference"
-    _single_process_reference(model_dir, reference, env)
-
-    out = tmp_path / "fsdp"
-    args = _fsdp_args(model_dir, out, "--sharding", "fsdp", "--save-steps", "2")
+def _kill_after_step_4_then_resume(args: list[str], out: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    """Run `qdtool train ARGS` under torchrun (2 processes, slowed down), SIGKILL every process once
+    the step-4 checkpoint exists, then run the same command again to completion."""
     runner = tmp_path / "slow_train.py"
     runner.write_text(SLOW_TRAIN)
     pids = tmp_path / "pids"
@@ -138,7 +126,40 @@ def test_fsdp_resume_after_kill_9_continues_the_same_curve(tiny_tokenizer, tmp_p
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, (stdout[-2000:], stderr[-4000:])
     assert "resuming from" in stderr
+
+
+def test_fsdp_resume_after_kill_9_continues_the_same_curve(tiny_tokenizer, tmp_path):
+    """A checkpoint written under FSDP (adapter and optimizer gathered whole) resumes under FSDP:
+    same losses, gradient norms and adapter as one uninterrupted process. The model ties its LM
+    head to the embeddings, as Gemma does."""
+    from conftest import build_tiny_model
+
+    model_dir = tmp_path / "tied-model"
+    build_tiny_model(len(tiny_tokenizer), seed=1, tied=True).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    reference = tmp_path / "reference"
+    _single_process_reference(model_dir, reference, env)
+
+    out = tmp_path / "fsdp"
+    _kill_after_step_4_then_resume(_fsdp_args(model_dir, out, "--sharding", "fsdp", "--save-steps", "2"), out, tmp_path, env)
     assert _metric(out, "step") == _metric(reference, "step")  # no step lost, none twice (eval rows included)
+    _assert_same_run(out, reference)
+
+
+def test_resume_gives_each_process_back_its_own_dropout_masks(tiny_model_dir, tmp_path):
+    """With LoRA dropout, each process draws its own masks (seed + rank). A resumed two-process run
+    continues the same curve only if every process gets its own RNG state back, not the first's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    reference = tmp_path / "reference"
+    args = lambda out: _fsdp_args(tiny_model_dir, out, "--lora-dropout", "0.3", "--save-steps", "2")  # noqa: E731
+    proc = _torchrun(["-m", "qdtool", *args(reference)], env)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+
+    out = tmp_path / "resumed"
+    _kill_after_step_4_then_resume(args(out), out, tmp_path, env)
+    assert _metric(out, "step") == _metric(reference, "step")
     _assert_same_run(out, reference)
 
 

@@ -44,9 +44,11 @@ def drop_after(root: Path, step: int) -> None:
 def save_checkpoint(
     root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], keep: int, scaler: Any = None,
     *, adapter_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write a checkpoint; `adapter_state` / `optimizer_state` replace the model's and optimizer's own
-    (FSDP: the states gathered whole from every process, see core/sharding.py)."""
+    (FSDP: the states gathered whole from every process, see core/sharding.py); `rng_states` holds
+    every process's RNG state (`rng_state()`), in rank order, when there are several."""
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -64,9 +66,9 @@ def save_checkpoint(
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    rng = rng_state()
+    if rng_states is not None and len(rng_states) > 1:
+        rng["ranks"] = rng_states
     torch.save(rng, tmp / "rng.pt")
     (tmp / _STATE).write_text(json.dumps({**state, "step": step}, indent=2), encoding="utf-8")
     if final.exists():
@@ -75,6 +77,16 @@ def save_checkpoint(
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random number generators (dropout masks come from them)."""
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def load_adapter(path: Path, model: Any) -> None:
@@ -86,12 +98,14 @@ def load_adapter(path: Path, model: Any) -> None:
 
 
 def load_checkpoint(
-    path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any = None, *, load_optimizer: Any = None
+    path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any = None, *, load_optimizer: Any = None,
+    rank: int = 0, world: int = 1,
 ) -> dict[str, Any]:
     """Restore a checkpoint into live objects; returns its trainer state (with `step`).
 
     `model` None skips the adapter (already loaded with `load_adapter`); `load_optimizer` replaces
-    `optimizer.load_state_dict` (FSDP: a whole state into a sharded optimizer).
+    `optimizer.load_state_dict` (FSDP: a whole state into a sharded optimizer). Process `rank` of
+    `world` takes its own RNG state when the checkpoint was written by as many processes.
     """
     import torch
 
@@ -102,6 +116,8 @@ def load_checkpoint(
     if scaler is not None and (path / "scaler.pt").is_file():
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=False)  # our own file: RNG states include a Python tuple
+    if len(rng.get("ranks", [])) == world:
+        rng = rng["ranks"][rank]
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():

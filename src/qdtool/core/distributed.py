@@ -39,6 +39,16 @@ class Dist:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's `value` (any picklable object), in rank order, on every process."""
+        if not self.enabled:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
     def sum_gradients(self, params: list[Any]) -> None:
         """All-reduce (sum) the gradients of the trainable parameters (LoRA: a few MB)."""
         if not self.enabled:

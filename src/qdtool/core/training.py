@@ -282,7 +282,7 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     if start_from is not None:
         load_optimizer = (lambda saved: sharding.load_full_optimizer_state(loss_module, optimizer, saved)) if sharded else None
         state = checkpoint.load_checkpoint(start_from, None if sharded else model, optimizer, scheduler, scaler,
-                                           load_optimizer=load_optimizer)
+                                           load_optimizer=load_optimizer, rank=dist.rank, world=dist.world)
         start_step = state["step"]
         if dist.main:
             checkpoint.drop_after(out / "checkpoints", start_step)  # an older resume point abandons newer checkpoints
@@ -347,10 +347,11 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
                 if not stopping and (done % config.eval_steps == 0 or done == total_steps):
                     evaluate(done)
                 if done < total_steps and (stopping or done % config.save_steps == 0):
-                    gathered = {}
-                    if sharded:  # collectives: every process takes part, the first one writes
-                        gathered = {"adapter_state": sharding.full_adapter_state(model),
-                                    "optimizer_state": sharding.full_optimizer_state(loss_module, optimizer)}
+                    # collectives: every process takes part, the first one writes
+                    gathered: dict[str, Any] = {"rng_states": dist.gather(checkpoint.rng_state())}  # each its own dropout
+                    if sharded:
+                        gathered.update(adapter_state=sharding.full_adapter_state(model),
+                                        optimizer_state=sharding.full_optimizer_state(loss_module, optimizer))
                     if dist.main:
                         path = checkpoint.save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, state,
                                                           config.save_total_limit, scaler, **gathered)
