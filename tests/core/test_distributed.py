@@ -81,20 +81,21 @@ def _assert_same_run(got: Path, want: Path) -> None:
         torch.testing.assert_close(torch.tensor(_metric(got, key)), torch.tensor(_metric(want, key)), rtol=1e-4, atol=1e-5)
 
 
-def _single_process_reference(model_dir: Path, out: Path, env: dict[str, str]) -> None:
+def _single_process_reference(model_dir: Path, out: Path, env: dict[str, str], *extra: str) -> None:
     """What two processes should match: one process taking both micro-batches of each step."""
-    done = subprocess.run([sys.executable, "-m", "qdtool", *_fsdp_args(model_dir, out, "--grad-accum", "2")],
+    done = subprocess.run([sys.executable, "-m", "qdtool", *_fsdp_args(model_dir, out, "--grad-accum", "2", *extra)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_fsdp_two_processes_match_a_single_process_run(tiny_model_dir, tmp_path):
+    """With gradient checkpointing, as configs/fsdp.yaml trains (the resume test below runs without)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     single = tmp_path / "single"
-    _single_process_reference(tiny_model_dir, single, env)
+    _single_process_reference(tiny_model_dir, single, env, "--gradient-checkpointing")
 
     fsdp = tmp_path / "fsdp"
-    proc = _torchrun(["-m", "qdtool", *_fsdp_args(tiny_model_dir, fsdp, "--sharding", "fsdp")], env)
+    proc = _torchrun(["-m", "qdtool", *_fsdp_args(tiny_model_dir, fsdp, "--sharding", "fsdp", "--gradient-checkpointing")], env)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, (stdout[-2000:], stderr[-4000:])
     assert "FSDP: base weights sharded over 2 processes" in stderr
