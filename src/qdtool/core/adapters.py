@@ -140,7 +140,26 @@ def build_optimizer(model: Any, config: TrainConfig, hardware: Hardware) -> Any:
 
 
 def build_scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> Any:
-    from transformers import get_scheduler
+    """Linear warm-up, then cosine or linear decay to 0 at `total_steps`, or constant.
 
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps), num_training_steps=total_steps)
+    Warm-up step k (from 0) uses (k + 1) / (warmup + 1) of the peak rate, so no step runs at lr 0
+    (transformers' schedules start at 0, which wasted the first step of short runs).
+    """
+    import math
+
+    from torch.optim.lr_scheduler import LambdaLR
+
+    warmup = round(config.warmup_ratio * total_steps)
+    decay = max(1, total_steps - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / decay)
+        if config.scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if config.scheduler == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return LambdaLR(optimizer, factor)
