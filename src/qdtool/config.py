@@ -105,6 +105,9 @@ class TrainConfig(BaseModel):
         if self.sharding == "fsdp" and self.quantization != "none":
             problems.append(f"sharding fsdp shards 16/32-bit weights; quantization {self.quantization} is not supported with it "
                             "(a 4-bit model that fits one GPU trains with sharding none under torchrun)")
+        if self.sharding == "fsdp" and self.optimizer not in ("adamw", "adamw_fused"):
+            problems.append(f"sharding fsdp works with optimizer adamw or adamw_fused, not {self.optimizer} (bitsandbytes "
+                            "optimizers do not take sharded parameters)")
         if self.sharding == "fsdp" and self.precision == "fp16":
             problems.append("sharding fsdp trains in bf16 or fp32, not fp16 (no sharded gradient scaler); use --precision bf16")
         if problems:

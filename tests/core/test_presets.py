@@ -76,6 +76,8 @@ def test_a_model_too_big_for_each_gpu_is_sharded_over_all_of_them(monkeypatch):
     assert (choice.settings["sharding"], choice.settings["quantization"]) == ("fsdp", "none")
     assert choice.estimate.total_gib <= (12 * GB / 2**30 - 0.3) * 0.92
     assert any("torchrun --nproc_per_node 8" in reason for reason in choice.reasons)
+    assert choice.settings["optimizer"] == "adamw"  # the AdamW the sharded tests run
+    assert any(reason.startswith("host RAM: each process loads the whole model") for reason in choice.reasons)
     load_train_config(overrides=choice.settings)  # a valid training configuration
     fake_nvml(monkeypatch, [80, 80])  # fits one GPU: plain DDP, no sharding
     assert "sharding" not in choose_auto(probe_hardware(), model="Qwen/Qwen2.5-14B-Instruct").settings

@@ -223,13 +223,57 @@ def test_one_training_per_run_directory(tiny_model_dir, data_file, tmp_path):
     training.train(make_config(tiny_model_dir, data_file, out, max_steps=2), overwrite=True)  # released: fine
 
 
-def test_fsdp_in_one_process_warns_and_trains_unsharded(tiny_model_dir, data_file, tmp_path):
+def test_fsdp_in_one_process_warns_on_cpu_and_stops_on_a_gpu(tiny_model_dir, data_file, tmp_path, monkeypatch):
     result = training.train(make_config(tiny_model_dir, data_file, tmp_path / "run", max_steps=1, sharding="fsdp"))
     assert result.steps == 1
     assert any("sharding fsdp needs several processes" in w for w in result.warnings)
-    for bad, reason in (({"quantization": "4bit"}, "quantization 4bit is not supported with it"), ({"precision": "fp16"}, "not fp16")):
+    for bad, reason in (({"quantization": "4bit"}, "quantization 4bit is not supported with it"), ({"precision": "fp16"}, "not fp16"),
+                        ({"optimizer": "paged_adamw_8bit"}, "not paged_adamw_8bit")):
         with pytest.raises(ConfigError, match=reason):
             make_config(tiny_model_dir, data_file, tmp_path / "bad", sharding="fsdp", **bad)
+    # on a GPU one process would hold the whole model FSDP was meant to split: stop before loading it
+    from qdtool.core import adapters
+
+    monkeypatch.setattr(adapters, "detect_hardware", lambda config: adapters.Hardware("cuda", "bf16", "Fake GPU"))
+    monkeypatch.setattr(adapters, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
+    with pytest.raises(ConfigError, match="launch with torchrun --nproc_per_node N"):
+        training.train(make_config(tiny_model_dir, data_file, tmp_path / "gpu", sharding="fsdp"))
+
+
+def test_auto_precision_under_fsdp_is_never_fp16(monkeypatch):
+    from qdtool.core.adapters import detect_hardware
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda index=0: "Tesla T4")
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *a, **k: False)
+    assert detect_hardware(TrainConfig()).precision == "fp16"
+    assert detect_hardware(TrainConfig(sharding="fsdp")).precision == "fp32"  # no sharded gradient scaler
+
+
+def test_a_checkpoint_resumes_only_as_it_was_written(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    """The batch stream (micro-batches per step) and the optimizer state's layout depend on the number
+    of processes and on FSDP: a checkpoint written otherwise is refused, with what to do."""
+    out = tmp_path / "run"
+    real = training._train_step
+
+    def stop_after_two(*args, **kwargs):
+        row = real(*args, **kwargs)
+        if row["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop saves a checkpoint at the end of this step
+        return row
+
+    monkeypatch.setattr(training, "_train_step", stop_after_two)
+    with pytest.raises(training.TrainingInterrupted):
+        training.train(make_config(tiny_model_dir, data_file, out))
+    monkeypatch.setattr(training, "_train_step", real)
+    state_file = out / "checkpoints" / "step-0000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert (state["processes"], state["sharded"]) == (1, False)
+    state_file.write_text(json.dumps({**state, "processes": 2, "sharded": True}))
+    with pytest.raises(ConfigError, match="written by 2 processes with FSDP; this run has 1 process. Resume it as it was written"):
+        training.train(make_config(tiny_model_dir, data_file, out))
+    state_file.write_text(json.dumps(state))
+    assert training.train(make_config(tiny_model_dir, data_file, out)).resumed_from == str(state_file.parent)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])

@@ -42,8 +42,8 @@ def detect_hardware(config: TrainConfig) -> Hardware:
         device, name, bf16 = "cpu", "CPU", True
     precision = config.precision
     if precision == "auto":
-        if device == "cuda":
-            precision = "bf16" if bf16 else "fp16"
+        if device == "cuda":  # FSDP has no sharded gradient scaler: fp32 where bf16 is missing
+            precision = "bf16" if bf16 else ("fp32" if config.sharding == "fsdp" else "fp16")
         else:  # bf16 matmuls run ~4x faster than fp32 where the CPU has them (AVX512-BF16 / AMX)
             precision = "bf16" if cpu_has_fast_bf16() else "fp32"
     if device == "cpu":

@@ -79,6 +79,11 @@ def save_checkpoint(
     return final
 
 
+def saved_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state (step, losses so far, and how many processes wrote it)."""
+    return json.loads((path / _STATE).read_text(encoding="utf-8"))
+
+
 def rng_state() -> dict[str, Any]:
     """This process's random number generators (dropout masks come from them)."""
     import torch

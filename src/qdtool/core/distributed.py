@@ -74,5 +74,7 @@ def init_from_env(cuda: bool) -> Dist:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # The loop's small sums (losses, eval totals, stop flags) are CPU tensors; with NCCL alone
+        # they would have no backend. CUDA tensors (gradients, FSDP shards) go through NCCL.
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank)

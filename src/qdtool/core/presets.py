@@ -96,7 +96,8 @@ def _fastest_fit(shape: Shape, budget: float, max_seq_len: int, supervised_share
             for batch_tokens in BATCH_TOKENS:
                 if batch_tokens < max_seq_len:
                     continue
-                optimizer = "adamw_fused" if quantization == "none" else "paged_adamw_8bit"
+                # FSDP: the plain (foreach) AdamW, the one the sharded tests run
+                optimizer = ("adamw" if shards > 1 else "adamw_fused") if quantization == "none" else "paged_adamw_8bit"
                 est = estimate(shape, quantization=quantization, lora_r=lora_r, optimizer=optimizer, batch_tokens=batch_tokens,
                                supervised_share=supervised_share, gradient_checkpointing=checkpointing, precision=precision,
                                shards=shards)
@@ -152,18 +153,24 @@ def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_token
         tiers = [t for t in TIERS[1 : TIERS.index(tier) + 1]][::-1]
         candidates = list(dict.fromkeys((load_preset(t)["model"], f"the {t} tier's recommendation (Apache-2.0)") for t in tiers))
     best = None
-    for name, why in candidates:
-        found = _fastest_fit(model_shape(name), budget, max_seq_len, supervised_share, lora_r, precision)
-        if found is None and len(hardware.gpus) > 1:  # too big for one GPU: shard it over all of them
-            found = _fastest_fit(model_shape(name), budget, max_seq_len, supervised_share, lora_r, precision, len(hardware.gpus))
+    n = len(hardware.gpus)
+    # every GPU a full copy (DDP or one GPU) first; FSDP over all GPUs only when no candidate fits that way
+    for shards in (1, n) if n > 1 else (1,):
+        for name, why in candidates:
+            found = _fastest_fit(model_shape(name), budget, max_seq_len, supervised_share, lora_r,
+                                 precision if shards == 1 or precision == "bf16" else "fp32", shards)
             if found is not None:
-                n = len(hardware.gpus)
-                reasons.append(f"sharding fsdp: the model fits no single GPU, even in 4-bit; its weights are sharded over the {n} GPUs "
-                               f"(launch with: torchrun --nproc_per_node {n} -m qdtool train --preset auto ...)")
-        if found is not None:
-            best, model = found, name
-            reasons.append(f"model {name}: {why}")
+                best, model = found, name
+                reasons.append(f"model {name}: {why}")
+                break
+        if best is not None:
             break
+    if best is not None and best[0].get("sharding") == "fsdp":
+        host = model_shape(model).parameters * (2 if precision == "bf16" else 4) * n / 2**30
+        reasons.append(f"sharding fsdp: the model fits no single GPU, even in 4-bit; its weights are sharded over the {n} GPUs "
+                       f"(launch one process per GPU: torchrun --nproc_per_node {n} -m qdtool train --preset auto ...)")
+        reasons.append(f"host RAM: each process loads the whole model before sharding, about {host:.0f} GiB in all "
+                       f"({hardware.ram_gib:.0f} GiB here)" + ("" if host < hardware.ram_gib else ": NOT ENOUGH, use fewer GPUs or a smaller model"))
     if best is None:
         smallest_need = estimate(model_shape(candidates[-1][0]), quantization="4bit", optimizer="paged_adamw_8bit", lora_r=lora_r,
                                  batch_tokens=min(b for b in BATCH_TOKENS if b >= max_seq_len), gradient_checkpointing=True,

@@ -248,7 +248,17 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     # 3. model, LoRA, optimizer
     sharded = config.sharding == "fsdp" and dist.enabled
     if config.sharding == "fsdp" and not dist.enabled:
+        if hardware.device == "cuda":  # the whole model on one GPU is what FSDP was chosen to avoid
+            raise ConfigError("sharding fsdp needs several processes: launch with torchrun --nproc_per_node N -m qdtool train ... "
+                              "(one per GPU), or pass --sharding none to train on one GPU")
         warn("sharding fsdp needs several processes (torchrun / accelerate launch); this single process trains unsharded")
+    if start_from is not None:  # the batch stream and the optimizer state's layout depend on both
+        saved = checkpoint.saved_state(start_from)
+        written, now = (saved.get("processes", 1), saved.get("sharded", False)), (dist.world, sharded)
+        if written != now:
+            how = lambda n, fsdp: f"{n} process{'es' if n > 1 else ''}{' with FSDP' if fsdp else ''}"  # noqa: E731
+            raise ConfigError(f"{start_from} was written by {how(*written)}; this run has {how(*now)}. Resume it as it was "
+                              "written, or start over with --overwrite")
     torch.manual_seed(config.seed)  # the same LoRA initialization in every process
     model = adapters.add_lora(adapters.load_base_model(config, hardware, progress, on_cpu=sharded), config)
     torch.manual_seed(config.seed + dist.rank)  # then each process its own dropout masks
@@ -278,7 +288,8 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     scheduler = adapters.build_scheduler(optimizer, config, total_steps)
     autocast = torch.autocast(device_type=hardware.device, dtype=hardware.dtype) if hardware.precision != "fp32" else None
     scaler = torch.amp.GradScaler("cuda") if hardware.precision == "fp16" else None
-    start_step, state = 0, {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0}
+    start_step, state = 0, {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0,
+                            "processes": dist.world, "sharded": sharded}
     if start_from is not None:
         load_optimizer = (lambda saved: sharding.load_full_optimizer_state(loss_module, optimizer, saved)) if sharded else None
         state = checkpoint.load_checkpoint(start_from, None if sharded else model, optimizer, scheduler, scaler,
