@@ -26,6 +26,10 @@ Examples:
 
   qdtool train --config runs/NAME/run_config.yaml     # resume an interrupted run
 
+  torchrun --nproc_per_node 4 -m qdtool train --data train.jsonl     # 4 GPUs (DDP)
+
+  torchrun --nproc_per_node 8 -m qdtool train --config configs/fsdp.yaml --model Qwen/Qwen2.5-14B-Instruct
+
 CLI flags override the YAML file. Every setting is listed below with its default.
 """
 
