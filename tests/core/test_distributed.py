@@ -165,7 +165,10 @@ def test_resume_gives_each_process_back_its_own_dropout_masks(tiny_model_dir, tm
 
 
 def test_lockstep_pads_every_process_to_the_same_number_of_passes():
-    from qdtool.core.sharding import lockstep
+    from qdtool.core.distributed import Dist
+
+    def lockstep(items, rank, world):
+        return Dist(rank, world).share(items, lockstep=True)
 
     items = ["a", "b", "c"]
     assert lockstep(items, 0, 2) == [("a", 1.0), ("c", 1.0)]
@@ -173,3 +176,4 @@ def test_lockstep_pads_every_process_to_the_same_number_of_passes():
     assert lockstep(["a"], 1, 2) == [("a", 0.0)]  # no micro-batch of its own: one weight-0 pass
     assert lockstep([], 0, 2) == []
     assert [len(lockstep(list(range(n)), r, 4)) for n in (5, 8) for r in range(4)] == [2, 2, 2, 2, 2, 2, 2, 2]
+    assert Dist(1, 2).share(items) == [("b", 1.0)]  # without lockstep (DDP): no padding

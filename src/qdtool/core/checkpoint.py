@@ -127,4 +127,4 @@ def load_checkpoint(
     random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / _STATE).read_text(encoding="utf-8"))
+    return saved_state(path)

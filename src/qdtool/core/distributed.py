@@ -3,9 +3,10 @@ the training loop needs. Without WORLD_SIZE > 1 in the environment everything is
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,19 @@ class Dist:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+    def share(self, items: Sequence[Any], lockstep: bool = False) -> list[tuple[Any, float]]:
+        """This process's share of `items` (every world-th, from its rank), each with weight 1.
+
+        `lockstep` (FSDP) pads it with weight-0 repeats of the first item to as many passes as the
+        process with the most: FSDP gathers weights from all processes in every forward and
+        backward, so a process that ran out of micro-batches (the last step of an epoch, the last
+        eval batches) must still take part.
+        """
+        own = [(item, 1.0) for item in items[self.rank :: self.world]]
+        if lockstep and items:
+            own += [(items[0], 0.0)] * (math.ceil(len(items) / self.world) - len(own))
+        return own
 
     def gather(self, value: Any) -> list[Any]:
         """Every process's `value` (any picklable object), in rank order, on every process."""

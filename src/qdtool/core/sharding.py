@@ -9,13 +9,12 @@ which Gemma ties to the embeddings). FSDP2 (`torch.distributed.fsdp.fully_shard`
 keeps frozen and trainable parameters in one unit without flattening them together.
 
 FSDP runs collectives inside every forward and backward, so all processes must run the same number
-of them: a process with no micro-batch left in a step runs one with weight 0 (`lockstep`).
+of them: a process with no micro-batch left in a step runs one with weight 0 (`Dist.share`).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -102,24 +101,10 @@ def full_optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
 
 
 def load_full_optimizer_state(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
-    """Put a state saved by `full_optimizer_state` back into the sharded optimizer (any world size)."""
+    """Put a state saved by `full_optimizer_state` back into the sharded optimizer."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
 
 
-def lockstep(items: Sequence[Any], rank: int, world: int) -> list[tuple[Any, float]]:
-    """Process `rank`'s share of `items` (every world-th) with weight 1, padded with weight-0 repeats
-    of the first item to as many rounds as the process with the most.
-
-    Under FSDP every forward and backward gathers weights from all processes, so a process that ran
-    out of micro-batches (the last step of an epoch, the last eval batches) must still take part.
-    """
-    padded = [(item, 1.0) for item in items[rank::world]]
-    rounds = math.ceil(len(items) / world)
-    while items and len(padded) < rounds:
-        padded.append((items[0], 0.0))
-    return padded
-
-
-__all__ = ["AnswerLoss", "full_adapter_state", "full_lora_weights", "full_optimizer_state", "load_full_optimizer_state", "lockstep", "shard"]
+__all__ = ["AnswerLoss", "full_adapter_state", "full_lora_weights", "full_optimizer_state", "load_full_optimizer_state", "shard"]

@@ -278,12 +278,6 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
             return loss_sum, int(count)
         return answer_loss_sum(model, batch)
 
-    def share(items: list[Any]) -> list[tuple[Any, float]]:
-        """This process's micro-batches with their weight (FSDP pads with weight-0 repeats)."""
-        if sharded:
-            return sharding.lockstep(items, dist.rank, dist.world)
-        return [(item, 1.0) for item in items[dist.rank :: dist.world]]
-
     optimizer = adapters.build_optimizer(model, config, hardware)
     scheduler = adapters.build_scheduler(optimizer, config, total_steps)
     autocast = torch.autocast(device_type=hardware.device, dtype=hardware.dtype) if hardware.precision != "fp32" else None
@@ -310,7 +304,7 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
         total, count = 0.0, 0
         try:
             with torch.no_grad():
-                for mb, weight in share(eval_batches):
+                for mb, weight in dist.share(eval_batches, lockstep=sharded):
                     with autocast or nullcontext():
                         loss_sum, n = loss_of(mb.to_tensors(hardware.device))
                     if weight:
@@ -343,8 +337,7 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
             for step, epoch, micro in plan.steps(start_step):
                 if step >= total_steps:
                     break
-                row = _train_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist, loss_of, share,
-                                  sharded)
+                row = _train_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist, loss_of, sharded)
                 state["supervised_tokens"] += row["supervised_tokens"]
                 state["train_seconds"] += row["seconds"]
                 state["final_train_loss"] = row["loss"]
@@ -409,26 +402,24 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _train_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int,
-                dist: Dist = Dist(), loss_of: Any = None, share: Any = None, sharded: bool = False) -> dict[str, Any]:
+                dist: Dist = Dist(), loss_of: Any = None, sharded: bool = False) -> dict[str, Any]:
     import torch
 
     loss_of = loss_of or (lambda batch: answer_loss_sum(model, batch))
-    share = share or (lambda items: [(item, 1.0) for item in items[dist.rank :: dist.world]])
     try:
-        return _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist, loss_of, share,
-                               sharded)
+        return _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config, hardware, step, dist, loss_of, sharded)
     except torch.cuda.OutOfMemoryError as exc:
         raise TrainingError(_oom_message(step, config, "training")) from exc
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int,
-                    dist: Dist, loss_of: Any, share: Any, sharded: bool) -> dict[str, Any]:
+                    dist: Dist, loss_of: Any, sharded: bool) -> dict[str, Any]:
     import torch
 
     started = time.perf_counter()
     n_supervised = sum(mb.supervised_tokens for mb in micro)  # of the whole step, over all processes
     loss_value = 0.0
-    for mb, weight in share(micro):
+    for mb, weight in dist.share(micro, lockstep=sharded):
         with autocast or nullcontext():
             loss_sum, _ = loss_of(mb.to_tensors(hardware.device))
         loss = loss_sum * weight / max(n_supervised, 1)  # token mean over the whole step, not per micro-batch
