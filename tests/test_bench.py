@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -49,3 +51,12 @@ def test_decode_throughput_compares_batched_with_one_at_a_time(tiny_model_dir, t
          "--out", str(out))
     rows = _lines(out)
     assert [r["batch_size"] for r in rows] == [1, 2] and all(r["questions"] == 4 for r in rows)
+
+
+@pytest.mark.embedded
+def test_head_strided_times_both_inputs_of_the_real_head(use_embedded_cache, tmp_path):
+    out = tmp_path / "head.jsonl"
+    stdout = _run("head_strided.py", "--rows", "2", "--length", "8", "--out", str(out))  # the script checks equal values
+    (row,) = _lines(out)
+    assert row["rows"] == 2 and row["strided_view_s"] > 0 and row["contiguous_copy_s"] > 0
+    assert "strided / contiguous" in stdout
