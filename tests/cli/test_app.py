@@ -77,3 +77,22 @@ def test_a_bug_shows_the_traceback_with_qdtool_debug(tmp_path):
     result = _run_with_fault({"QDTOOL_DEBUG": "1"}, tmp_path)
     assert result.returncode not in (0, 3)
     assert "Traceback" in result.stderr and "injected fault" in result.stderr
+
+
+def test_flags_show_no_value_in_help():
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--overwrite" in result.output and "--no-packing" in result.output
+    assert "<bool>" not in result.output
+    assert "<int>" in result.output  # options that take a value still show its type
+
+
+def test_logs_keep_whole_paths_and_lines(tmp_path):
+    deep = tmp_path / ("a-rather-long-directory-name-" * 4) / "and-a-long-file-name-for-the-records.jsonl"
+    deep.parent.mkdir(parents=True)
+    deep.write_text('{"question": "Is the sky blue?", "sub_questions": ["What colour is the sky?"]}\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["validate-data", str(deep)], env={"COLUMNS": ""})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(str(deep) in line for line in lines), result.output  # one line, not cut at 80 columns
+    assert not any(line.endswith("…") for line in lines)

@@ -13,8 +13,23 @@ from rich.console import Console
 
 from qdtool.errors import QdtoolError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+LOG_WIDTH = 1000  # columns when the output is a file or a pipe: a log keeps whole paths and numbers
+
+
+class _Console(Console):
+    """A console that wraps only for a human: off a terminal (a log, a pipe, CI), lines and tables
+    keep their natural width instead of rich's 80 columns, unless COLUMNS says otherwise."""
+
+    @property
+    def size(self):  # type: ignore[override]
+        size = super().size
+        if not self.is_terminal and not os.environ.get("COLUMNS"):
+            return size._replace(width=LOG_WIDTH)
+        return size
+
+
+console = _Console(highlight=False)
+err_console = _Console(stderr=True, highlight=False)
 
 
 @contextmanager

@@ -10,6 +10,23 @@ from qdtool import __version__
 from qdtool.cli import decompose, eval, merge, probe_gpu, train, validate_data
 from qdtool.cli._common import exit_on_bug
 
+def _flags_take_no_value() -> None:
+    """Typer's help shows `<bool>` beside a flag as if it took a value; a flag takes none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_qdtool", False):
+        return
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._qdtool = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     name="qdtool",
     help="Turn an LLM into a question decomposer: check data, train LoRA/QLoRA, merge, decompose, evaluate.",
