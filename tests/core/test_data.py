@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import pytest
 
-from qdtool.core.data import find_leaks, load_records, read_dataset
+from qdtool.core.data import MAX_JSON_DEPTH, find_leaks, load_records, read_dataset, read_json_rows
 from qdtool.errors import DataError, UsageError
 
 GOOD = {"question": "Was Aristotle alive when the laptop was invented?", "sub_questions": ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]}
@@ -69,10 +71,52 @@ CASES = [
     (
         "pretty.json",
         b'{\n "question": "a?",\n "sub_questions": ["b?", "c?"]\n}\n',
-        [
-            "error:pretty.json:1:2: invalid JSON: Expecting property name enclosed in double quotes",
-            "error:pretty.json: the file holds one pretty-printed JSON object; write one record per line (JSONL) or a JSON array of records",
-        ],
+        ["error:pretty.json:1: the file holds one JSON object over 4 lines; write one record per line (JSONL) or a JSON array of records"],
+    ),
+    # Hostile input (issue 18): each was a traceback or a silent pass before the one JSON reader.
+    (
+        "prettyarr.jsonl",
+        json.dumps([GOOD, GOOD], indent=2).encode(),
+        ["error:prettyarr.jsonl:1: the file holds a JSON array over 18 lines, but a .jsonl file has one record per line; rename the file to .json, or write one record per line"],
+    ),
+    (
+        "onearr.jsonl",
+        jl([GOOD, GOOD]),
+        ["error:onearr.jsonl:1: the file holds a JSON array, but a .jsonl file has one record per line; rename the file to .json, or write one record per line"],
+    ),
+    ("utf16.jsonl", "\ufeff".encode("utf-16-le") + jl(GOOD).decode().encode("utf-16-le"), ["error:utf16.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
+    ("utf16be.jsonl", jl(GOOD).decode().encode("utf-16"), ["error:utf16be.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
+    ("nobom16.jsonl", jl(GOOD).decode().encode("utf-16-be"), ["error:nobom16.jsonl: file is UTF-16 (NUL bytes between its characters); save it as UTF-8"]),
+    ("utf32.jsonl", jl(GOOD).decode().encode("utf-32"), ["error:utf32.jsonl: file is UTF-32 (it starts with a UTF-32 byte-order mark); save it as UTF-8"]),
+    ("parserdeep.jsonl", jl(GOOD, b"[" * 5000 + b"]" * 5000), ["error:parserdeep.jsonl:2: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"]),
+    (
+        "fielddeep.jsonl",
+        jl({**GOOD, "meta": json.loads("[" * 100 + "]" * 100)}),
+        ["error:fielddeep.jsonl:1: meta: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"],
+    ),
+    ("deeparr.json", json.dumps([GOOD, {**GOOD, "meta": json.loads("[" * 100 + "]" * 100)}]).encode(),
+     ["error:deeparr.json[#1]: meta: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"]),
+    ("bigint.jsonl", b'{"n": ' + b"7" * 4301 + b"}\n", ["error:bigint.jsonl:1:7: integer with 4,301 digits (the limit is 4,300); write it as a string"]),
+    ("bigintarr.json", b'[{"question": "a?",\n "n": -' + b"7" * 5000 + b"}]", ["error:bigintarr.json:2:8: integer with 5,000 digits (the limit is 4,300); write it as a string"]),
+    (
+        "surrogate.jsonl",
+        jl(GOOD, b'{"question": "Q\\ud800?", "sub_questions": ["a?", "b?"]}'),
+        ["error:surrogate.jsonl:2: question: the escape \\ud800 is a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"],
+    ),
+    (
+        "surrogatestep.json",
+        b'[{"question": "Q?", "sub_questions": ["a?", "b\\uDFFF?"]}]',
+        ["error:surrogatestep.json[#0]: sub_questions: the escape \\udfff is a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"],
+    ),
+    (
+        "surrogatekey.jsonl",
+        b'{"question": "Q?", "sub_questionz\\udc00": ["a?", "b?"]}\n',
+        ["error:surrogatekey.jsonl:1: a key has the escape \\udc00, a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"],
+    ),
+    (
+        "nestedkey.jsonl",
+        b'{"question": "Q?", "sub_questions": ["a?", "b?"], "meta": [{"\\ud800": 1}]}\n',
+        ["error:nestedkey.jsonl:1: meta: a key has the escape \\ud800, a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"],
     ),
 ]
 
@@ -117,6 +161,61 @@ def test_missing_file_and_directory_are_usage_errors(tmp_path):
         load_records(tmp_path / "nope.jsonl")
     with pytest.raises(UsageError, match="is a directory"):
         load_records(tmp_path)
+
+
+def test_a_fifo_is_refused_at_once_not_read_forever(tmp_path):
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=lambda: _capture(outcome, load_records, fifo), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "load_records blocked on a FIFO"
+    assert isinstance(outcome[0], UsageError)
+    assert str(outcome[0]) == f"{fifo}: is a named pipe (FIFO), not a regular file; save the data to a file and pass that"
+
+
+def test_a_device_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="is a device, not a regular file"):
+        load_records("/dev/zero")  # would otherwise be read until memory runs out
+
+
+def test_nesting_up_to_the_limit_is_kept(tmp_path):
+    deepest = {**GOOD, "meta": json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1))}  # the record is level 1
+    result = load_records(_write(tmp_path / "ok.jsonl", jl(deepest)))
+    assert result.problems == [] and result.records[0].extra["meta"] == deepest["meta"]
+    result = load_records(_write(tmp_path / "ok.json", json.dumps([deepest]).encode()))
+    assert result.problems == []
+
+
+def test_valid_escapes_near_surrogates_are_kept(tmp_path):
+    content = b'{"question": "Is \\ud83d\\ude00 a face?", "sub_questions": ["What is \\\\ud800?", "Is #1 a face?"]}\n'
+    result = load_records(_write(tmp_path / "pair.jsonl", content))
+    assert result.problems == []
+    assert result.records[0].question == "Is \U0001F600 a face?"  # a full pair is one character
+    assert result.records[0].sub_questions[0] == "What is \\ud800?"  # an escaped backslash, not an escape
+
+
+def test_a_surrogate_stops_training_data_before_the_tokenizer(tmp_path):
+    path = _write(tmp_path / "train.jsonl", jl(GOOD, b'{"question": "Q?", "sub_questions": ["\\ud800", "b?"]}'))
+    with pytest.raises(DataError, match=r"train.jsonl:2: sub_questions: the escape \\ud800 is a lone UTF-16 surrogate"):
+        read_dataset(path)
+
+
+def test_stdin_content_as_bytes_or_text(tmp_path):
+    junk = read_json_rows("-", b"\x00\xff\xfe\x81binary", what="questions", plain_lines=True)
+    assert [str(r.problem) for r in junk.rows] == ["<stdin>:1: not valid UTF-8 (byte 0xff at column 2); save the file as UTF-8"]
+    # Python hands undecodable stdin bytes over as surrogate escapes: they are reported as the bytes they were.
+    text = b"ok?\n\xe9t\xe9?\n".decode("utf-8", "surrogateescape")
+    rows = read_json_rows("-", text, plain_lines=True).rows
+    assert rows[0].value == "ok?" and str(rows[1].problem) == "<stdin>:2: not valid UTF-8 (byte 0xe9 at column 1); save the file as UTF-8"
+
+
+def _capture(outcome, function, *args):
+    try:
+        function(*args)
+    except BaseException as exc:  # noqa: BLE001 - the test inspects whatever was raised
+        outcome.append(exc)
 
 
 def test_leakage_between_files(tmp_path):

@@ -5,13 +5,20 @@ always so for .jsonl files, otherwise a file starting with "[" is read as an arr
 A record is `{"question": str, "sub_questions": [str, ...]}`; other fields are kept as they are.
 Every problem is collected with its place (`FILE:LINE` for JSONL, `FILE[#INDEX]` for a JSON array,
 index from 0), so one run shows all that needs fixing.
+
+`read_json_rows` is the one JSON reader: datasets, `eval --predictions` and `decompose --input` all
+decode through it, so hostile input (UTF-16, deep nesting, huge integers, lone surrogates, a FIFO)
+gets the same located message everywhere instead of a traceback.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
+import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -74,7 +81,7 @@ class LoadResult:
         return not self.errors
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, dict):
@@ -94,13 +101,13 @@ def check_record(obj: Any, location: str, line: int | None = None) -> tuple[Reco
         return Problem(location, message, severity, fld, line)
 
     if not isinstance(obj, dict):
-        return None, [err(f"record must be a JSON object with \"question\" and \"sub_questions\" (got {_type_name(obj)})")]
+        return None, [err(f"record must be a JSON object with \"question\" and \"sub_questions\" (got {json_type_name(obj)})")]
     problems: list[Problem] = []
     question = obj.get("question")
     if "question" not in obj:
         problems.append(err("missing" + _hint(obj, "question"), "question"))
     elif not isinstance(question, str):
-        problems.append(err(f"must be a string (got {_type_name(question)})", "question"))
+        problems.append(err(f"must be a string (got {json_type_name(question)})", "question"))
     elif not question.strip():
         problems.append(err("must not be empty", "question"))
 
@@ -108,7 +115,7 @@ def check_record(obj: Any, location: str, line: int | None = None) -> tuple[Reco
     if "sub_questions" not in obj:
         problems.append(err("missing" + _hint(obj, "sub_questions"), "sub_questions"))
     elif not isinstance(steps, list) or not steps:
-        got = "empty list" if isinstance(steps, list) else _type_name(steps)
+        got = "empty list" if isinstance(steps, list) else json_type_name(steps)
         problems.append(err(f"must be a non-empty list of strings (got {got})", "sub_questions"))
     else:
         problems += _check_steps(steps, question if isinstance(question, str) else None, err)
@@ -128,7 +135,7 @@ def _check_steps(steps: list[Any], question: str | None, err) -> list[Problem]:
     qkey = normalize_question(question) if question else None
     for number, step in enumerate(steps, start=1):
         if not isinstance(step, str):
-            problems.append(err(f"step {number} must be a string (got {_type_name(step)})", "sub_questions"))
+            problems.append(err(f"step {number} must be a string (got {json_type_name(step)})", "sub_questions"))
             continue
         if not step.strip():
             problems.append(err(f"step {number} is blank", "sub_questions"))
@@ -163,28 +170,219 @@ def load_records(path: str | Path) -> LoadResult:
     """Read a JSON or JSONL dataset, collecting every problem instead of stopping at the first.
 
     Raises:
-        UsageError: the path is missing, a directory, or unreadable.
+        UsageError: the path is missing, a directory, not a regular file, or unreadable.
     """
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such file")
-    if path.is_dir():
-        raise UsageError(f"{path}: is a directory; pass a .json or .jsonl file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror})") from exc
-    name = str(path)
+    source = read_json_rows(path, what="records")
+    problems = list(source.problems)
+    records: list[Record] = []
+    duplicates = _Duplicates()
+    for row in source.rows:
+        if row.problem is not None:
+            problems.append(row.problem)
+            continue
+        record, found = check_record(row.value, row.location, row.line)
+        problems += found
+        if record is not None:
+            records.append(record)
+            problems += duplicates.check(record, row.line)
+    return LoadResult(source.path, source.format, records, problems)  # never "lines": plain_lines is off
+
+
+# --- The one JSON reader: datasets, predictions (eval) and questions (decompose) all come through here.
+
+MAX_JSON_DEPTH = 100  # levels of [ and {; no record needs more, and deeper values break recursive code later
+_INT_DIGITS = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300  # Python's int() limit
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # only these escapes can decode to a lone surrogate
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONG_INT = re.compile(r"(?:^|[\[:,])\s*-?(\d{%d,})" % (_INT_DIGITS + 1))
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+@dataclass
+class JsonRow:
+    """One record's place in its file, and either its decoded value or the problem that stopped it."""
+
+    location: str
+    line: int | None
+    value: Any = None
+    problem: Problem | None = None
+
+
+@dataclass
+class JsonFile:
+    path: Path
+    format: Literal["json", "jsonl", "lines", "unknown"]
+    rows: list[JsonRow]
+    problems: list[Problem]  # about the file as a whole (empty, UTF-16, an array in a .jsonl)
+
+
+class _JsonFault(Exception):
+    def __init__(self, message: str, index: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.index, self.field = message, index, field
+
+
+def read_json_rows(path: str | Path, data: bytes | str | None = None, *, what: str = "records", plain_lines: bool = False) -> JsonFile:
+    """Decode a JSON array or JSONL file into rows, never raising for what the file holds.
+
+    Every way a file can be hostile becomes a located Problem: invalid UTF-8 or UTF-16, invalid
+    JSON, nesting deeper than MAX_JSON_DEPTH, integers longer than Python parses, lone surrogate
+    escapes ("\\ud800", which no tokenizer or UTF-8 writer accepts).
+
+    Args:
+        path: the file; "-" with `data` for stdin (named "<stdin>" in messages).
+        data: the content, when already read (stdin); a str is taken back to its bytes.
+        what: the plural noun in messages ("records", "predictions", "questions").
+        plain_lines: a text that starts with neither "[" nor "{" is one question per line.
+
+    Raises:
+        UsageError: the path is missing, a directory, not a regular file (a FIFO would block), or unreadable.
+    """
+    name = "<stdin>" if str(path) == "-" and data is not None else str(path)
+    raw = _read_bytes(Path(path)) if data is None else _as_bytes(data)
+    result = JsonFile(Path(path), "unknown", [], [])
+    encoding = _wide_encoding(raw)
+    if encoding:
+        result.problems.append(Problem(name, f"file is {encoding}; save it as UTF-8"))
+        return result
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    if not raw.strip():
-        return LoadResult(path, "unknown", [], [Problem(name, "file is empty; expected JSON records")])
-    if path.suffix.lower() not in _JSONL_SUFFIXES and raw.lstrip()[:1] == b"[":
-        result = _load_json_array(raw, name)
+    stripped = raw.lstrip()
+    if not stripped.strip():
+        result.problems.append(Problem(name, f"file is empty; expected JSON {what}"))
+        return result
+    if plain_lines and stripped[:1] not in (b"[", b"{"):
+        result.format = "lines"
+        result.rows = _plain_lines(raw, name)
+    elif Path(path).suffix.lower() not in _JSONL_SUFFIXES and stripped[:1] == b"[":
+        result.format = "json"
+        _json_array(raw, name, what, result)
     else:
-        result = _load_jsonl(raw, name)
-    result.path = path
+        result.format = "jsonl"
+        _json_lines(raw, name, result)
     return result
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory; pass a .json or .jsonl file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{path}: is a directory; pass a .json or .jsonl file")
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise UsageError(f"{path}: is {kind}, not a regular file; save the data to a file and pass that")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    try:  # undecodable stdin bytes arrive as surrogate escapes: take them back to the bytes they were
+        return data.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return data.encode("utf-8", "surrogatepass")  # lone surrogates: invalid UTF-8, reported as such
+
+
+def _wide_encoding(raw: bytes) -> str | None:
+    """UTF-16 or UTF-32 by byte-order mark, or by NUL bytes between ASCII characters (RFC 4627, 3)."""
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            return f"{encoding} (it starts with a {encoding} byte-order mark)"
+    head = raw[:4]
+    if len(head) == 4 and (head[0::2] == b"\x00\x00" and head[1] and head[3] or head[1::2] == b"\x00\x00" and head[0] and head[2]):
+        return "UTF-16 (NUL bytes between its characters)"
+    return None
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def decode_json(text: str) -> Any:
+    """One JSON value that later code can use safely, or _JsonFault (message, character index if known)."""
+    value = _parse(text)
+    fault = _value_fault(value, _Walk.of(text))
+    if fault:
+        raise fault
+    return value
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _JsonFault(f"invalid JSON: {exc.msg}", exc.pos) from None
+    except RecursionError:
+        raise _JsonFault(_TOO_DEEP) from None
+    except ValueError:  # int() refuses integer literals over sys.get_int_max_str_digits()
+        match = _LONG_INT.search(text)
+        digits = f"{len(match.group(1)):,} digits" if match else f"over {_INT_DIGITS:,} digits"
+        raise _JsonFault(f"integer with {digits} (the limit is {_INT_DIGITS:,}); write it as a string", match.start(1) if match else None) from None
+
+
+_TOO_DEEP = f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels of [ and {{); flatten the record"
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """Which checks a decoded value needs, judged once from its text: most need none."""
+
+    surrogates: bool  # the text has a \uD800-\uDFFF escape
+    depth: bool  # the text has more brackets than MAX_JSON_DEPTH
+
+    @classmethod
+    def of(cls, text: str) -> "_Walk":
+        return cls(_SURROGATE_ESCAPE.search(text) is not None, text.count("[") + text.count("{") > MAX_JSON_DEPTH)
+
+
+def _value_fault(value: Any, walk: _Walk) -> _JsonFault | None:
+    """What makes a decoded record unusable though it parsed (more than MAX_JSON_DEPTH levels of
+    containers, counting the record itself; a lone surrogate), with the record's field it is in."""
+    if not (walk.surrogates or walk.depth):
+        return None
+    stack: list[tuple[Any, int, str | None]] = [(value, 0, None)]  # iterative: a deep value must not recurse
+    while stack:
+        item, level, top = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level >= MAX_JSON_DEPTH:
+                return _JsonFault(_TOO_DEEP, field=top)
+            pairs = item.items() if isinstance(item, dict) else ((None, x) for x in item)
+            for key, child in pairs:
+                if walk.surrogates and isinstance(key, str) and _SURROGATE.search(key):
+                    return _JsonFault(_surrogate_message(key, key=True), field=top)
+                stack.append((child, level + 1, top if level else key))
+        elif walk.surrogates and isinstance(item, str) and _SURROGATE.search(item):
+            return _JsonFault(_surrogate_message(item, key=False), field=top)
+    return None
+
+
+def _surrogate_message(text: str, key: bool) -> str:
+    escape = f"\\u{ord(_SURROGATE.search(text).group()):04x}"
+    what = f"a key has the escape {escape}, a lone UTF-16 surrogate," if key else f"the escape {escape} is a lone UTF-16 surrogate,"
+    return f"{what} not a character; write the character itself, or both halves of its surrogate pair"
+
+
+def _fault_problem(fault: _JsonFault, text: str, location: str, line: int | None, name: str) -> Problem:
+    if fault.index is None:
+        return Problem(location, fault.message, field=fault.field, line=line)
+    at_line, column = _position(text, fault.index)
+    if line is None:  # a whole-file value: the place is the fault's line in the file
+        return Problem(f"{name}:{at_line}", fault.message, field=fault.field, line=at_line, column=column)
+    return Problem(location, fault.message, field=fault.field, line=line, column=column)
 
 
 def _utf8_problem(exc: UnicodeDecodeError, raw: bytes, name: str, line_offset: int = 0) -> Problem:
@@ -193,75 +391,96 @@ def _utf8_problem(exc: UnicodeDecodeError, raw: bytes, name: str, line_offset: i
     return Problem(f"{name}:{line}", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); save the file as UTF-8", line=line)
 
 
-def _json_error(exc: json.JSONDecodeError, location: str, line: int) -> Problem:
-    return Problem(location, f"invalid JSON: {exc.msg}", line=line, column=exc.colno)
-
-
-def _load_json_array(raw: bytes, name: str) -> LoadResult:
-    problems: list[Problem] = []
+def _json_array(raw: bytes, name: str, what: str, result: JsonFile) -> None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        problems.append(_utf8_problem(exc, raw, name))
+        result.problems.append(_utf8_problem(exc, raw, name))
         text = raw.decode("utf-8", errors="replace")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        problems.append(_json_error(exc, f"{name}:{exc.lineno}", exc.lineno))
-        return LoadResult(Path(name), "json", [], problems)
+        data = _parse(text)
+    except _JsonFault as fault:
+        result.problems.append(_fault_problem(fault, text, name, None, name))
+        return
     if not isinstance(data, list):  # pragma: no cover - guarded by the leading "["
-        problems.append(Problem(name, f"expected a JSON array of records (got {_type_name(data)})"))
-        return LoadResult(Path(name), "json", [], problems)
+        result.problems.append(Problem(name, f"expected a JSON array of {what} (got {json_type_name(data)})"))
+        return
     if not data:
-        problems.append(Problem(name, "the array has no records"))
-    records: list[Record] = []
-    duplicates = _Duplicates()
-    for index, obj in enumerate(data):
-        record, found = check_record(obj, f"{name}[#{index}]")
-        problems += found
-        if record is not None:
-            records.append(record)
-            problems += duplicates.check(record)
-    return LoadResult(Path(name), "json", records, problems)
+        result.problems.append(Problem(name, f"the array has no {what}"))
+    walk = _Walk.of(text)
+    for index, item in enumerate(data):
+        row = JsonRow(f"{name}[#{index}]", None, item)
+        fault = _value_fault(item, walk)  # each element is a record, judged as a JSONL line would be
+        if fault:
+            row.value, row.problem = None, Problem(row.location, fault.message, field=fault.field)
+        result.rows.append(row)
 
 
-def _load_jsonl(raw: bytes, name: str) -> LoadResult:
-    problems: list[Problem] = []
-    records: list[Record] = []
-    duplicates = _Duplicates()
+def _json_lines(raw: bytes, name: str, result: JsonFile) -> None:
     lines = raw.split(b"\n")
+    first = next(i for i, line in enumerate(lines) if line.strip())
     for number, line_bytes in enumerate(lines, start=1):
         if not line_bytes.strip():
             continue
-        location = f"{name}:{number}"
+        row = JsonRow(f"{name}:{number}", number)
+        result.rows.append(row)
         try:
             text = line_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(_utf8_problem(exc, line_bytes, name, number - 1))
+            row.problem = _utf8_problem(exc, line_bytes, name, number - 1)
             continue
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append(_json_error(exc, location, number))
-            if number == 1 and _whole_is_object(raw):
-                problems.append(Problem(name, "the file holds one pretty-printed JSON object; write one record per line (JSONL) or a JSON array of records"))
-                break
+            row.value = decode_json(text)
+        except _JsonFault as fault:
+            row.problem = _fault_problem(fault, text, row.location, number, name)
+        if number - 1 == first:
+            hint = _whole_file_hint(raw, name, row, lines)
+            if hint is not None:
+                result.rows, result.problems = [], [hint]
+                return
+
+
+def _whole_file_hint(raw: bytes, name: str, row: JsonRow, lines: list[bytes]) -> Problem | None:
+    """One clear problem for a whole JSON object or array where one record per line was expected."""
+    spread = sum(1 for line in lines if line.strip())
+    if row.problem is None and not (spread == 1 and isinstance(row.value, list) and row.value and all(isinstance(x, dict) for x in row.value)):
+        return None  # a line that parsed: only an array of objects alone on its line is a misnamed file
+    if row.problem is not None:
+        try:
+            whole = decode_json(raw.decode("utf-8"))
+        except (_JsonFault, UnicodeDecodeError):
+            return None
+    else:
+        whole = row.value
+    over = f" over {spread} lines" if spread > 1 else ""
+    if isinstance(whole, dict):
+        return Problem(f"{name}:1", f"the file holds one JSON object{over}; write one record per line (JSONL) or a JSON array of records", line=1)
+    if isinstance(whole, list):  # only a .jsonl file starting with "[" is read line by line
+        return Problem(f"{name}:1", f"the file holds a JSON array{over}, but a .jsonl file has one record per line; "
+                       "rename the file to .json, or write one record per line", line=1)
+    return None
+
+
+def _plain_lines(raw: bytes, name: str) -> list[JsonRow]:
+    rows = []
+    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        if not line_bytes.strip():
             continue
-        record, found = check_record(obj, location, number)
-        problems += found
-        if record is not None:
-            records.append(record)
-            problems += duplicates.check(record, number)
-    if not records and not problems:
-        problems.append(Problem(name, "file has no records"))
-    return LoadResult(Path(name), "jsonl", records, problems)
+        row = JsonRow(f"{name}:{number}", number)
+        try:
+            row.value = line_bytes.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            row.problem = _utf8_problem(exc, line_bytes, name, number - 1)
+        rows.append(row)
+    return rows
 
 
-def _whole_is_object(raw: bytes) -> bool:
-    try:
-        return isinstance(json.loads(raw.decode("utf-8", errors="replace")), dict)
-    except json.JSONDecodeError:
-        return False
+def problems_error(name: str, problems: list[Problem], footer: str = "") -> DataError:
+    """One DataError listing up to 50 problems (errors only), each with its place."""
+    errors = [p for p in problems if p.severity == "error"]
+    listed = "\n".join(f"  {p}" for p in errors[:50])
+    more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
+    return DataError(f"{name} has {len(errors)} error(s):\n{listed}{more}" + (f"\n{footer}" if footer else ""))
 
 
 class _Duplicates:
@@ -297,7 +516,5 @@ def read_dataset(path: str | Path) -> list[Record]:
     """
     result = load_records(path)
     if result.errors:
-        listed = "\n".join(f"  {p}" for p in result.errors[:50])
-        more = f"\n  ... and {len(result.errors) - 50} more" if len(result.errors) > 50 else ""
-        raise DataError(f"{path} has {len(result.errors)} error(s):\n{listed}{more}\nRun `qdtool validate-data {path}` for the full report.")
+        raise problems_error(str(path), result.errors, f"Run `qdtool validate-data {path}` for the full report.")
     return result.records
