@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import pytest
 
 from qdtool.core.evaluation import evaluate, paired_bootstrap, pair_up, read_predictions, write_report
-from qdtool.errors import DataError
+from qdtool.core.files import WriteError
+from qdtool.errors import DataError, UsageError
 
 REFS = [
     {"id": "a", "question": "Was Aristotle alive when the laptop was invented?", "sub_questions": ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]},
@@ -54,7 +57,7 @@ def test_reports_and_prediction_files(tmp_path):
     path.write_text(json.dumps({"id": "a", "question": "q", "sub_questions": ["x"]}) + "\n")
     assert read_predictions(path)[0]["sub_questions"] == ["x"]
     (tmp_path / "bad.jsonl").write_text('{"question": 3}\n')
-    with pytest.raises(DataError, match="row 1 needs"):
+    with pytest.raises(DataError, match="bad.jsonl:1: question: must be a string \\(got int\\)"):
         read_predictions(tmp_path / "bad.jsonl")
     report = evaluate(REFS, [{"id": "a", "question": "q", "sub_questions": REFS[0]["sub_questions"]}], "x")
     files = write_report(report, tmp_path / "out")
@@ -71,3 +74,71 @@ def test_repeated_questions_and_null_ids_pair_in_order():
     pairs, missing, extra = pair_up(refs, preds)
     assert [(r["sub_questions"], p["sub_questions"]) for r, p in pairs] == [(["a?"], ["a?"]), (["b?"], ["b?"])]
     assert missing == [] and extra == ["Q?"]
+
+
+ROW = {"id": "a", "question": "q?", "sub_questions": ["x?"]}
+
+
+def _rows(*rows) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
+
+
+# (file name, content, the problem lines the DataError lists)
+BROKEN_PREDICTIONS = [
+    ("empty.jsonl", b"", ["empty.jsonl: file is empty; expected JSON predictions"]),
+    ("blank.json", b"  \n", ["blank.json: file is empty; expected JSON predictions"]),
+    ("emptyarr.json", b"[]", ["emptyarr.json: the array has no predictions"]),
+    ("intstep.jsonl", _rows(ROW, {**ROW, "id": "b", "sub_questions": ["x?", 3, None]}),
+     ["intstep.jsonl:2: sub_questions: step 2 must be a string (got int)", "intstep.jsonl:2: sub_questions: step 3 must be a string (got null)"]),
+    ("strsteps.jsonl", _rows({**ROW, "sub_questions": "x? y?"}), ["strsteps.jsonl:1: sub_questions: must be a list of strings, [] for no output (got str)"]),
+    ("noq.json", json.dumps([ROW, {"id": "b"}]).encode(), ["noq.json[#1]: question: missing"]),
+    ("list.jsonl", _rows([1]), ['list.jsonl:1: prediction must be a JSON object with "question" and "sub_questions" (got list)']),
+    ("latin1.jsonl", _rows(ROW) + '{"question": "café?"}\n'.encode("latin-1"), ["latin1.jsonl:2: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"]),
+    ("dupid.jsonl", _rows(ROW, {**ROW, "question": "other?"}, {**ROW, "id": "c"}, {**ROW, "id": "c"}),
+     ['dupid.jsonl:2: id: "a" repeats the id of dupid.jsonl:1; give each prediction its own id (or remove the repeat)',
+      'dupid.jsonl:4: id: "c" repeats the id of dupid.jsonl:3; give each prediction its own id (or remove the repeat)']),
+    ("deep.jsonl", _rows(b"[" * 3000 + b"]" * 3000), ["deep.jsonl:1: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"]),
+    ("bigint.jsonl", _rows(b'{"id": ' + b"1" * 4400 + b', "question": "q?"}'), ["bigint.jsonl:1:8: integer with 4,400 digits (the limit is 4,300); write it as a string"]),
+    ("surrogate.jsonl", _rows(b'{"question": "q?", "sub_questions": ["\\udbff"]}'),
+     ["surrogate.jsonl:1: sub_questions: the escape \\udbff is a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"]),
+    ("utf16.jsonl", _rows(ROW).decode().encode("utf-16"), ["utf16.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), BROKEN_PREDICTIONS, ids=[c[0] for c in BROKEN_PREDICTIONS])
+def test_broken_prediction_files_list_every_problem_with_its_place(tmp_path, monkeypatch, name, content, expected):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError) as info:
+        read_predictions(name)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{name} has {len(expected)} error(s):"
+    assert [line.strip() for line in lines[1:-1]] == expected
+
+
+def test_empty_steps_and_ids_of_any_type_are_fine(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(_rows({"id": 1, "question": "q?", "sub_questions": []}, {"id": [1, 2], "question": "q?"}, {"question": "r?", "parse_ok": False}))
+    rows = read_predictions(path)
+    assert [r["sub_questions"] for r in rows] == [[], [], []]
+
+
+def test_a_fifo_is_not_read(tmp_path):
+    os.mkfifo(tmp_path / "p.jsonl")
+    with pytest.raises(UsageError, match="is a named pipe"):
+        read_predictions(tmp_path / "p.jsonl")
+
+
+def test_a_failed_report_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    report = evaluate(REFS, [{"id": "a", "question": "q", "sub_questions": REFS[0]["sub_questions"]}], "x")
+    out = tmp_path / "out"
+    write_report(report, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("qdtool.core.files.os.fsync", full)
+    with pytest.raises(WriteError, match=f"no space left on the device holding {out / 'report.json'}"):
+        write_report(report, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old files whole, no temp file left

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -47,7 +47,8 @@ def eval(  # noqa: A001 - the command's name
 ) -> None:
     """Score decompositions against references: SARI, exact match, step counts, step matching, chrF, BLEU."""
     from qdtool.core.data import read_dataset
-    from qdtool.core.evaluation import evaluate, paired_bootstrap, predict, read_predictions, write_report
+    from qdtool.core.evaluation import evaluate, paired_bootstrap, predict, read_predictions, write_jsonl, write_report
+    from qdtool.core.files import ensure_writable_dir
     from qdtool.core.generation import GenerationSettings
 
     quiet_libraries()
@@ -61,6 +62,8 @@ def eval(  # noqa: A001 - the command's name
             raise UsageError(f"unexpected argument {sources[0]!r}; use --compare to score several sources")
         elif (predictions is None) == (model is None):
             raise UsageError("pass --predictions FILE or --model SPEC (or --compare SOURCE SOURCE ...)")
+        if output is not None:
+            ensure_writable_dir(output)  # now, not after minutes of generation
         references = [r.to_dict() for r in read_dataset(data)]
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
 
@@ -79,7 +82,7 @@ def eval(  # noqa: A001 - the command's name
             if output is not None:
                 paths = write_report(report, output)
                 if rows is not None:
-                    _write_jsonl(rows, output / "predictions.jsonl")
+                    write_jsonl(rows, output / "predictions.jsonl")
                 err_console.print(f"wrote {', '.join(str(p) for p in paths)}", style="dim", markup=False)
 
     for report in reports:
@@ -103,12 +106,6 @@ def eval(  # noqa: A001 - the command's name
         typer.echo(json.dumps(reports[0].to_dict(), indent=2, ensure_ascii=False))
     else:
         _table([reports[0]])
-
-
-def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _value(key: str, metrics: dict[str, float]) -> str:

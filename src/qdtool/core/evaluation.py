@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from qdtool.core import metrics as m
-from qdtool.errors import DataError, UsageError
+from qdtool.core.data import Problem, json_type_name, problems_error, read_json_rows
+from qdtool.core.files import write_bytes_atomic, write_text_atomic
+from qdtool.errors import DataError
 
 Progress = Callable[[str], None]
 
@@ -120,20 +122,52 @@ def pair_up(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Rows with "question" and "sub_questions" (a list, possibly empty), JSONL or a JSON array."""
-    source = Path(path)
-    if not source.is_file():
-        raise UsageError(f"{path}: no such file")
-    text = source.read_text(encoding="utf-8-sig").strip()
-    try:
-        rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
-    for index, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("sub_questions", []), list):
-            raise DataError(f"{path}: row {index} needs \"question\" (string) and \"sub_questions\" (list)")
-        row.setdefault("sub_questions", [])
+    """Rows with "question" and "sub_questions" (a list of strings, possibly empty), JSONL or a JSON array.
+
+    Raises:
+        UsageError: the path is missing, a directory or not a regular file.
+        DataError: the file is empty, or a row is broken or repeats another row's id; the message
+            lists every such row with its place.
+    """
+    source = read_json_rows(path, what="predictions")
+    problems = list(source.problems)
+    rows: list[dict[str, Any]] = []
+    first_with_id: dict[str, str] = {}
+    for row in source.rows:
+        found = [row.problem] if row.problem else _prediction_problems(row.value, row.location, row.line)
+        if found:
+            problems += found
+            continue
+        value = row.value
+        value.setdefault("sub_questions", [])
+        if value.get("id") is not None:
+            # A repeated id would be scored once, by whichever row comes first: refuse rather than guess.
+            key = str(value["id"])
+            if key in first_with_id:
+                problems.append(Problem(row.location, f"{json.dumps(value['id'], ensure_ascii=False)[:60]} repeats the id of "
+                                        f"{first_with_id[key]}; give each prediction its own id (or remove the repeat)", field="id", line=row.line))
+                continue
+            first_with_id[key] = row.location
+        rows.append(value)
+    if problems:
+        raise problems_error(str(path), problems, "Each prediction is {\"question\": str, \"sub_questions\": [str, ...], \"id\": optional}.")
     return rows
+
+
+def _prediction_problems(value: Any, location: str, line: int | None) -> list[Problem]:
+    if not isinstance(value, dict):
+        return [Problem(location, f'prediction must be a JSON object with "question" and "sub_questions" (got {json_type_name(value)})', line=line)]
+    problems = []
+    if not isinstance(value.get("question"), str):
+        got = "missing" if "question" not in value else f"must be a string (got {json_type_name(value['question'])})"
+        problems.append(Problem(location, got, field="question", line=line))
+    steps = value.get("sub_questions", [])
+    if not isinstance(steps, list):
+        problems.append(Problem(location, f"must be a list of strings, [] for no output (got {json_type_name(steps)})", field="sub_questions", line=line))
+    else:
+        problems += [Problem(location, f"step {n} must be a string (got {json_type_name(s)})", field="sub_questions", line=line)
+                     for n, s in enumerate(steps, start=1) if not isinstance(s, str)]
+    return problems
 
 
 def predict(references: Sequence[dict[str, Any]], model: str, settings: Any = None, shots: int = 0,
@@ -178,17 +212,25 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], samples: int = 2000
 
 
 def write_report(report: EvalReport, out: Path) -> list[Path]:
-    """report.json, per_example.jsonl and metrics.png in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-    with (out / "per_example.jsonl").open("w", encoding="utf-8") as f:
-        for example in report.examples:
-            f.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
-    chart = _chart(report, out / "metrics.png")
-    return [out / "report.json", out / "per_example.jsonl", chart]
+    """report.json, per_example.jsonl and metrics.png in `out`, each written atomically.
+
+    Raises:
+        WriteError: the file system refused a write (read-only, full, no permission).
+    """
+    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    write_text_atomic(out / "per_example.jsonl", "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in report.examples))
+    write_bytes_atomic(out / "metrics.png", _chart(report))
+    return [out / "report.json", out / "per_example.jsonl", out / "metrics.png"]
 
 
-def _chart(report: EvalReport, path: Path) -> Path:
+def write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """One JSON object per line, written atomically."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def _chart(report: EvalReport) -> bytes:
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,6 +245,7 @@ def _chart(report: EvalReport, path: Path) -> Path:
     ax.set_xlim(0, 1.1)
     ax.set_title(f"qdtool eval: {report.source} ({report.metrics['examples']} examples)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    return path
+    return png.getvalue()
