@@ -159,40 +159,33 @@ class Decomposition:
         return row
 
 
-def read_questions(path: str | Path, text: str | None = None) -> list[dict[str, Any]]:
+def read_questions(path: str | Path, text: str | bytes | None = None) -> list[dict[str, Any]]:
     """Questions from JSONL / a JSON array of records (each with "question"), or plain lines.
 
-    `path` "-" reads `text` (stdin's content). Fields other than "question" are kept.
+    `path` "-" reads `text` (stdin's content; bytes, so that undecodable input gets a located
+    message). Fields other than "question" are kept.
+
+    Raises:
+        UsageError: the file is missing, a directory or not a regular file.
+        DataError: the input is empty, not UTF-8 or not JSON, or a record has no question; every
+            such line is listed.
     """
-    if text is None:
-        source = Path(path)
-        if not source.is_file():
-            raise UsageError(f"{path}: no such file")
-        text = source.read_text(encoding="utf-8-sig")
-    stripped = text.strip()
-    if not stripped:
-        raise DataError(f"{path}: no questions")
-    rows: list[Any]
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-    elif stripped.startswith("{"):
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number}:{exc.colno}: invalid JSON: {exc.msg}") from None
-    else:
-        rows = [{"question": line.strip()} for line in text.splitlines() if line.strip()]
+    from qdtool.core.data import Problem, problems_error, read_json_rows
+
+    source = read_json_rows(path, text, what="questions", plain_lines=True)
+    problems = list(source.problems)
     questions = []
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise DataError(f"{path}: record {index + 1} has no \"question\" string")
-        questions.append(row)
+    for number, row in enumerate(source.rows, start=1):
+        if row.problem is not None:
+            problems.append(row.problem)
+            continue
+        value = {"question": row.value} if source.format == "lines" else row.value
+        if not isinstance(value, dict) or not isinstance(value.get("question"), str) or not value["question"].strip():
+            problems.append(Problem(row.location, f'record {number} has no "question" string', line=row.line))
+        else:
+            questions.append(value)
+    if problems:
+        raise problems_error("<stdin>" if str(path) == "-" else str(path), problems)
     return questions
 
 
