@@ -1,13 +1,24 @@
-"""core/checkpoint.py: rotation, abandoned branches, and a faithful round trip."""
+"""core/checkpoint.py: rotation, abandoned branches, a faithful round trip, no code in any part, and a full disk."""
 
 from __future__ import annotations
 
+import errno
+import json
+import random
+from pathlib import Path
+
+import pytest
 import torch
 
 from conftest import build_tiny_model
 from qdtool.config import TrainConfig
 from qdtool.core.adapters import add_lora
-from qdtool.core.checkpoint import checkpoint_dirs, drop_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from qdtool.core.checkpoint import (
+    check_same_data, checkpoint_dirs, data_fingerprint, drop_after, latest_checkpoint, load_checkpoint, resumable_state,
+    rng_state, save_checkpoint,
+)
+from qdtool.core.files import WriteError
+from qdtool.errors import TrainingError
 
 
 def _objects(vocab: int, seed: int):
@@ -50,3 +61,161 @@ def test_round_trip_rotation_and_drop_after(tmp_path, tiny_tokenizer):
     assert [p.name for p in checkpoint_dirs(root)] == ["step-0000004"]
     save_checkpoint(root, 5, model, optimizer, scheduler, {}, keep=2)
     assert not list(root.glob(".tmp-*"))
+
+
+# --- nothing in a checkpoint can run code ------------------------------------------------------
+
+class _Planted:
+    """Unpickling this creates `marker`: what a hostile checkpoint could do instead (run a shell command)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(path, marker):
+    torch.save(_Planted(marker), path)
+
+
+def _refuse_unpickling(monkeypatch):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint load unpickled something")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+
+
+def _trained(tiny_tokenizer):
+    model, optimizer, scheduler = _objects(len(tiny_tokenizer), 0)
+    sum(p.sum() for p in model.parameters() if p.requires_grad).backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+def test_pickles_planted_beside_every_part_are_never_loaded(tmp_path, tiny_tokenizer, monkeypatch):
+    model, optimizer, scheduler = _trained(tiny_tokenizer)
+    path = save_checkpoint(tmp_path / "checkpoints", 2, model, optimizer, scheduler, {}, keep=2)
+    marker = tmp_path / "code-ran"
+    for part in ("optimizer", "scheduler", "scaler", "rng", "adapter"):  # the names format 1 used, and more
+        _plant(path / f"{part}.pt", marker)
+    _refuse_unpickling(monkeypatch)
+    other, other_opt, other_sched = _objects(len(tiny_tokenizer), 1)
+    assert load_checkpoint(path, other, other_opt, other_sched)["step"] == 2
+    assert not marker.exists()
+    torch.testing.assert_close(other_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("part", ["adapter.safetensors", "optimizer.safetensors", "scheduler.safetensors", "rng.safetensors",
+                                  "trainer_state.json"])
+def test_a_pickle_in_place_of_a_part_is_refused_without_running_it(tmp_path, tiny_tokenizer, part):
+    model, optimizer, scheduler = _trained(tiny_tokenizer)
+    path = save_checkpoint(tmp_path / "checkpoints", 2, model, optimizer, scheduler, {}, keep=2)
+    marker = tmp_path / "code-ran"
+    _plant(path / part, marker)
+    other, other_opt, other_sched = _objects(len(tiny_tokenizer), 1)
+    with pytest.raises(TrainingError, match=rf"{part} is damaged or not a qdtool checkpoint file .*--overwrite"):
+        load_checkpoint(path, other, other_opt, other_sched)
+    assert not marker.exists()
+
+
+def test_an_old_pickle_checkpoint_is_refused_unread(tmp_path, tiny_tokenizer, monkeypatch):
+    """Format 1 stored torch pickles; rng.pt was loaded with weights_only=False, which runs any code in it."""
+    old = tmp_path / "checkpoints" / "step-0000004"
+    old.mkdir(parents=True)
+    (old / "trainer_state.json").write_text(json.dumps({"step": 4, "best_eval_loss": 1.0}))
+    marker = tmp_path / "code-ran"
+    for part in ("optimizer", "scheduler", "rng"):
+        _plant(old / f"{part}.pt", marker)
+    _refuse_unpickling(monkeypatch)
+    model, optimizer, scheduler = _objects(len(tiny_tokenizer), 0)
+    with pytest.raises(TrainingError, match="written by an older qdtool as torch pickle files .* pass --overwrite to start over"):
+        resumable_state(old)
+    with pytest.raises(TrainingError, match="written by an older qdtool"):
+        load_checkpoint(old, model, optimizer, scheduler)
+    assert not marker.exists()
+
+
+class _Holder:
+    """A stand-in scheduler/scaler: hands out `state`, keeps what it is given back."""
+
+    def __init__(self, state=None):
+        self.state, self.loaded = state, None
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_every_kind_of_state_comes_back_exactly(tmp_path, tiny_tokenizer):
+    """Tuples, int keys, None, inf, tensors that share memory, keys that look like our own tags, and
+    per-process RNG states (Python's `random` tuple included) survive safetensors + JSON unchanged."""
+    model, optimizer, scheduler = _trained(tiny_tokenizer)
+    base = torch.arange(6.0)
+    tricky = {"ints": {0: base, 7: base[:2]}, "tuple": (1, 2.5, None, "x"), "inf": float("inf"), "flag": True,
+              "tags": {"__tensor__": "0"}, "empty": torch.zeros(0, dtype=torch.int64), "bytes": torch.tensor([1, 2], dtype=torch.uint8)}
+    ranks = []
+    for seed in (10, 11):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        ranks.append(rng_state())
+    scaler = _Holder({"scale": 65536.0, "_growth_tracker": 3})
+    path = save_checkpoint(tmp_path / "c", 2, model, optimizer, _Holder(tricky), {}, keep=1, scaler=scaler, rng_states=ranks)
+
+    loaded_sched, loaded_scaler = _Holder(), _Holder()
+    other, other_opt, _ = _objects(len(tiny_tokenizer), 1)
+    load_checkpoint(path, other, other_opt, loaded_sched, loaded_scaler, rank=1, world=2)
+    got = loaded_sched.loaded
+    assert set(got) == set(tricky) and set(got["ints"]) == {0, 7}
+    torch.testing.assert_close(got["ints"][0], base, rtol=0, atol=0)
+    torch.testing.assert_close(got["ints"][7], base[:2], rtol=0, atol=0)
+    assert got["tuple"] == (1, 2.5, None, "x") and got["inf"] == float("inf") and got["flag"] is True
+    assert got["tags"] == {"__tensor__": "0"}
+    assert got["empty"].shape == (0,) and got["empty"].dtype == torch.int64 and got["bytes"].tolist() == [1, 2]
+    assert loaded_scaler.loaded == {"scale": 65536.0, "_growth_tracker": 3}
+    assert other_opt.state_dict()["param_groups"][0]["betas"] == (0.9, 0.999)
+    # process 1 of 2 gets its own generators back, not process 0's
+    assert torch.equal(torch.get_rng_state(), ranks[1]["torch"]) and random.getstate() == ranks[1]["python"]
+
+
+def test_disk_full_during_a_save_removes_the_partial_checkpoint_and_keeps_the_last_good_one(tmp_path, tiny_tokenizer, monkeypatch):
+    model, optimizer, scheduler = _trained(tiny_tokenizer)
+    root = tmp_path / "checkpoints"
+    save_checkpoint(root, 2, model, optimizer, scheduler, {"best_eval_loss": 1.5}, keep=2)
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name == "optimizer.safetensors":  # the adapter is already written: the partial dir holds a file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(WriteError, match=r"no space left on the device holding .*step-0000004.* it needs about \d+\.\d+ GB"):
+        save_checkpoint(root, 4, model, optimizer, scheduler, {}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000002"]  # no .tmp-step-* left filling the disk
+    monkeypatch.setattr(Path, "write_bytes", real)
+    other, other_opt, other_sched = _objects(len(tiny_tokenizer), 1)
+    assert load_checkpoint(latest_checkpoint(root), other, other_opt, other_sched) == {"best_eval_loss": 1.5, "step": 2}
+    save_checkpoint(root, 4, model, optimizer, scheduler, {}, keep=2)  # room again: the next save works
+    assert [p.name for p in checkpoint_dirs(root)] == ["step-0000002", "step-0000004"]
+
+
+def test_data_fingerprint_names_the_file_that_changed(tmp_path):
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text('{"question": "a"}\n')
+    val.write_text('{"question": "b"}\n')
+    saved = {"data": data_fingerprint([train], [val])}
+    assert saved["data"]["train"][0]["size"] == 18 and len(saved["data"]["train"][0]["sha256"]) == 64
+    check_same_data(tmp_path / "step-2", saved, data_fingerprint([train], [val]))  # unchanged: resumes
+    val.write_text('{"question": "c"}\n')  # same size, other bytes
+    with pytest.raises(TrainingError, match=rf"{val} \(eval data\) changed since .*step-2 was written: it was 18 bytes.*--overwrite"):
+        check_same_data(tmp_path / "step-2", saved, data_fingerprint([train], [val]))
+    with pytest.raises(TrainingError, match=r"the eval data no longer includes .*val.jsonl.*new --output-dir"):
+        check_same_data(tmp_path / "step-2", saved, data_fingerprint([train], []))

@@ -295,3 +295,76 @@ def test_lr_schedule_warms_up_from_above_zero_and_decays_as_named(kind):
     want = [1e-3 * (k + 1) / 4 for k in range(3)] + [1e-3 * decay((k - 3) / 27) for k in range(3, 30)]
     assert seen == pytest.approx(want)
     assert min(seen) > 0  # no step is wasted at lr 0
+
+
+def _stop_after(monkeypatch, step: int) -> None:
+    """SIGTERM at the end of `step`: the loop saves a checkpoint there and stops."""
+    real = training._train_step
+
+    def stopping(*args, **kwargs):
+        row = real(*args, **kwargs)
+        if row["step"] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return row
+
+    monkeypatch.setattr(training, "_train_step", stopping)
+
+
+def test_resume_refuses_changed_data_and_never_runs_a_planted_pickle(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    from qdtool.core import adapters
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(data_file.read_bytes())
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 2)
+        with pytest.raises(training.TrainingInterrupted):
+            training.train(make_config(tiny_model_dir, data, out))
+    step_2 = out / "checkpoints" / "step-0000002"
+    fingerprint = json.loads((step_2 / "trainer_state.json").read_text())["data"]
+    assert fingerprint["train"][0]["path"] == str(data) and fingerprint["train"][0]["size"] == data.stat().st_size
+
+    original = data.read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    data.write_text("".join(lines[1:] + lines[:1]), encoding="utf-8")  # same records, same size, other order
+    with monkeypatch.context() as patch:
+        patch.setattr(adapters, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
+        with pytest.raises(TrainingError, match=rf"{data} \(train data\) changed since {step_2} was written.*pass --overwrite"):
+            training.train(make_config(tiny_model_dir, data, out))
+
+    data.write_bytes(original)
+    marker = tmp_path / "code-ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for part in ("optimizer", "scheduler", "rng"):  # what a shared run dir could hold under format 1's names
+        torch.save(Planted(), step_2 / f"{part}.pt")
+    result = training.train(make_config(tiny_model_dir, data, out))
+    assert result.resumed_from == str(step_2) and result.steps == 6
+    assert not marker.exists()
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_last_good_one_and_the_rerun_resumes(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "run"
+    config = make_config(tiny_model_dir, data_file, out, save_steps=2)
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.parent.name.startswith(".tmp-step-0000004") and self.name == "optimizer.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_bytes", full)
+        with pytest.raises(TrainingError) as caught:
+            training.train(config)
+    message = " ".join(str(caught.value).split())
+    assert "no space left on the device holding" in message and "it needs about" in message
+    assert f"The step-4 checkpoint was not saved; {out / 'checkpoints' / 'step-0000002'} is kept" in message
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]  # the partial one is gone
+    result = training.train(config)  # room again: the same command resumes from the kept checkpoint
+    assert result.resumed_from == str(out / "checkpoints" / "step-0000002") and result.steps == 6

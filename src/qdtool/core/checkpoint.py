@@ -1,20 +1,37 @@
 """Checkpoints that survive a kill: written to a temp dir, then renamed; the newest K are kept.
 
-A checkpoint holds the LoRA weights (safetensors), the optimizer and scheduler states, the RNG
-states and the step. Restoring all of them makes a resumed run continue the same loss curve.
+A checkpoint holds the LoRA weights, the optimizer, scheduler and scaler states, the RNG states,
+the step, and a fingerprint of the data it trained on. Restoring all of them makes a resumed run
+continue the same loss curve.
+
+Nothing in a checkpoint can carry code: every part is a safetensors file (tensors) whose metadata
+holds the rest of the state as JSON (numbers, strings, lists, tuples, dicts), and
+trainer_state.json is plain JSON. No pickle is ever loaded, so a run directory from someone else
+can be resumed without running anything planted in it. Checkpoints of format 1 (torch pickles,
+`.pt`) are refused, never read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import random
 import shutil
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+from qdtool.core.files import atomic_dir, write_error
+from qdtool.errors import TrainingError
+
+FORMAT = 2  # 1 was torch pickles (.pt): unpickling can run code, so those are refused
 _STATE = "trainer_state.json"  # written last inside the temp dir: marks a complete checkpoint
 _PREFIX = "step-"
+_ADAPTER = "adapter.safetensors"
+_PARTS = ("optimizer", "scheduler", "rng")  # scaler.safetensors too, under fp16
+_TREE = "qdtool_state"  # safetensors metadata key: the part's structure as JSON
+_TAGS = {"__tensor__", "__tuple__", "__dict__"}
+_START_OVER = "pass --overwrite to start over, or train into a new --output-dir"
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -25,7 +42,7 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and is_checkpoint(p)]
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit() and is_checkpoint(p)]
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
 
 
@@ -48,40 +65,73 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint; `adapter_state` / `optimizer_state` replace the model's and optimizer's own
     (FSDP: the states gathered whole from every process, see core/sharding.py); `rng_states` holds
-    every process's RNG state (`rng_state()`), in rank order, when there are several."""
-    import torch
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
+    every process's RNG state (`rng_state()`), in rank order, when there are several.
 
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_PREFIX}{step:07d}"
-    for stale in root.glob(".tmp-*"):  # left by a killed save
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    tmp.mkdir()
+    Raises:
+        WriteError: the disk is full or read-only; the partial checkpoint is removed, older ones are kept.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save
+
     if adapter_state is None:
         adapter_state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(adapter_state, str(tmp / "adapter.safetensors"))
-    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    if scaler is not None:
-        torch.save(scaler.state_dict(), tmp / "scaler.pt")
     rng = rng_state()
     if rng_states is not None and len(rng_states) > 1:
         rng["ranks"] = rng_states
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / _STATE).write_text(json.dumps({**state, "step": step}, indent=2), encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    parts = {"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng}
+    if scaler is not None:
+        parts["scaler"] = scaler.state_dict()
+    # serialized first, so a failed write can say how much space the checkpoint needs
+    files = {_ADAPTER: save(adapter_state)}
+    files.update({f"{name}.safetensors": _pack(value) for name, value in parts.items()})
+    files[_STATE] = json.dumps({**state, "step": step, "format": FORMAT}, indent=2).encode("utf-8")  # last: marks it complete
+
+    final = root / f"{_PREFIX}{step:07d}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, root) from None
+    for stale in root.glob(".tmp-*"):  # left by a killed or failed save of any step
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic_dir(final, needed_bytes=sum(len(data) for data in files.values())) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def saved_state(path: Path) -> dict[str, Any]:
-    """A checkpoint's trainer state (step, losses so far, and how many processes wrote it)."""
-    return json.loads((path / _STATE).read_text(encoding="utf-8"))
+    """A checkpoint's trainer state (step, losses so far, how many processes wrote it, its data)."""
+    try:
+        state = json.loads((path / _STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise _damaged(path / _STATE, exc) from None
+    if not isinstance(state, dict):
+        raise _damaged(path / _STATE, ValueError(f"a JSON object was expected, not {type(state).__name__}"))
+    return state
+
+
+def resumable_state(path: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint this qdtool can resume from (cheap: reads no tensors).
+
+    Raises:
+        TrainingError: an old pickle checkpoint (never loaded), another format, or a part missing.
+    """
+    state = saved_state(path)
+    if "format" not in state:
+        raise TrainingError(
+            f"{path} was written by an older qdtool as torch pickle files (.pt), which can run code when loaded, so "
+            f"qdtool no longer reads them; {_START_OVER}"
+        )
+    if state["format"] != FORMAT:
+        raise TrainingError(f"{path} has checkpoint format {state['format']!r}; this qdtool reads format {FORMAT}; {_START_OVER}")
+    missing = [name for name in (_ADAPTER, *(f"{part}.safetensors" for part in _PARTS)) if not (path / name).is_file()]
+    if missing:
+        raise TrainingError(f"{path} is incomplete (no {', '.join(missing)}); resume from another checkpoint with "
+                            f"--resume {path.parent}/step-N, or {_START_OVER}")
+    return state
 
 
 def rng_state() -> dict[str, Any]:
@@ -99,7 +149,11 @@ def load_adapter(path: Path, model: Any) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")))
+    try:
+        weights = load_file(str(path / _ADAPTER))
+    except Exception as exc:  # noqa: BLE001 - any failure to parse the file means it is damaged
+        raise _damaged(path / _ADAPTER, exc) from None
+    set_peft_model_state_dict(model, weights)
 
 
 def load_checkpoint(
@@ -111,20 +165,147 @@ def load_checkpoint(
     `model` None skips the adapter (already loaded with `load_adapter`); `load_optimizer` replaces
     `optimizer.load_state_dict` (FSDP: a whole state into a sharded optimizer). Process `rank` of
     `world` takes its own RNG state when the checkpoint was written by as many processes.
+
+    Raises:
+        TrainingError: the checkpoint is of an old format, incomplete or damaged.
     """
     import torch
 
+    state = resumable_state(path)
     if model is not None:
         load_adapter(path, model)
-    (load_optimizer or optimizer.load_state_dict)(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    if scaler is not None and (path / "scaler.pt").is_file():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)  # our own file: RNG states include a Python tuple
-    if len(rng.get("ranks", [])) == world:
-        rng = rng["ranks"][rank]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return saved_state(path)
+    parts = {name: _unpack(path / f"{name}.safetensors") for name in _PARTS}
+    if scaler is not None and (path / "scaler.safetensors").is_file():
+        parts["scaler"] = _unpack(path / "scaler.safetensors")
+    name = "optimizer"
+    try:
+        (load_optimizer or optimizer.load_state_dict)(parts["optimizer"])
+        name = "scheduler"
+        scheduler.load_state_dict(parts["scheduler"])
+        if "scaler" in parts:
+            name = "scaler"
+            scaler.load_state_dict(parts["scaler"])
+        name = "rng"
+        rng = parts["rng"]
+        if len(rng.get("ranks", [])) == world:
+            rng = rng["ranks"][rank]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise _damaged(path / f"{name}.safetensors", exc) from None
+    return {k: v for k, v in state.items() if k != "format"}  # the file's layout is no part of the run's state
+
+
+def data_fingerprint(train: list[Path], eval_: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Size and SHA-256 of every train and eval data file: what a resumed run must train on again."""
+    return {"train": [_fingerprint(Path(p)) for p in train], "eval": [_fingerprint(Path(p)) for p in eval_]}
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def check_same_data(checkpoint: Path, saved: dict[str, Any], now: dict[str, list[dict[str, Any]]]) -> None:
+    """Stop a resume whose data files differ from those the checkpoint trained on.
+
+    Raises:
+        TrainingError: names the first file that changed (or was added or removed) and the ways forward.
+    """
+    before = saved.get("data")
+    if not isinstance(before, dict):
+        return  # a checkpoint without a fingerprint (none is written so): nothing to compare
+    for role in ("train", "eval"):
+        for old, new in zip_longest(before.get(role) or [], now.get(role) or []):
+            if old == new:
+                continue
+            if old is None:
+                what = f"the {role} data now includes {new['path']}, which {checkpoint} did not train on"
+            elif new is None:
+                what = f"the {role} data no longer includes {old.get('path')}, which {checkpoint} trained on"
+            elif old.get("path") != new["path"]:
+                what = f"the {role} data is {new['path']}, but {checkpoint} trained on {old.get('path')}"
+            else:
+                what = (f"{new['path']} ({role} data) changed since {checkpoint} was written: it was {old.get('size')} bytes, "
+                        f"sha256 {str(old.get('sha256'))[:12]}, and is now {new['size']} bytes, sha256 {new['sha256'][:12]}")
+            raise TrainingError(f"{what}; resuming would continue the run on other data. Restore the file, or {_START_OVER}")
+
+
+def _damaged(path: Path, exc: BaseException) -> TrainingError:
+    return TrainingError(
+        f"{path} is damaged or not a qdtool checkpoint file ({type(exc).__name__}: {str(exc)[:200]}); resume from another "
+        f"checkpoint with --resume {path.parent.parent}/step-N, or {_START_OVER}"
+    )
+
+
+# --- a state tree (nested dicts, lists, tuples, numbers, tensors) as one safetensors file ---------
+
+def _pack(tree: Any) -> bytes:
+    from safetensors.torch import save
+
+    tensors: dict[str, Any] = {}
+    structure = _encode(tree, tensors, set())
+    return save(tensors, metadata={_TREE: json.dumps(structure)})
+
+
+def _encode(value: Any, tensors: dict[str, Any], storages: set[int]) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage and storage in storages:  # safetensors refuses tensors that share memory
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        key = str(len(tensors))
+        tensors[key] = tensor
+        return {"__tensor__": key}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not _TAGS & value.keys():
+            return {k: _encode(v, tensors, storages) for k, v in value.items()}
+        return {"__dict__": [[_encode(k, tensors, storages), _encode(v, tensors, storages)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, tensors, storages) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors, storages) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a checkpoint cannot hold a {type(value).__name__} (only tensors, numbers, strings, lists, tuples, dicts)")
+
+
+def _unpack(path: Path) -> Any:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            structure = json.loads((f.metadata() or {})[_TREE])
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        return _decode(structure, tensors)
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it cannot be resumed from
+        raise _damaged(path, exc) from None
+
+
+def _decode(value: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and value.keys() <= _TAGS:
+            (tag, inner), = value.items()
+            if tag == "__tensor__":
+                return tensors[inner]
+            if tag == "__tuple__":
+                return tuple(_decode(v, tensors) for v in inner)
+            return {_hashable(_decode(k, tensors)): _decode(v, tensors) for k, v in inner}
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    return value
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, (list, dict)):
+        raise TypeError(f"a dict key cannot be a {type(key).__name__}")
+    return key

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from qdtool.config import TrainConfig, dump_config
 from qdtool.core.distributed import Dist, init_from_env
+from qdtool.core.files import WriteError
 from qdtool.core.loss import answer_loss_sum
 from qdtool.errors import ConfigError, TrainingError, TrainingInterrupted
 
@@ -217,6 +218,9 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     if resume == "never" and (finished or checkpoint.latest_checkpoint(out / "checkpoints") is not None):
         raise ConfigError(f"{out} already holds this run and --resume never was given; pass --overwrite to start again")
     start_from = Path(resume) if explicit else (checkpoint.latest_checkpoint(out / "checkpoints") if resume == "auto" else None)
+    data = checkpoint.data_fingerprint(train_files, [Path(config.eval_data)] if config.eval_data else [])
+    if start_from is not None:  # an old, damaged or other-data checkpoint stops here, before anything loads
+        checkpoint.check_same_data(start_from, checkpoint.resumable_state(start_from), data)
 
     if eval_given is not None:
         train_records, eval_records = records, eval_given
@@ -283,7 +287,7 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     autocast = torch.autocast(device_type=hardware.device, dtype=hardware.dtype) if hardware.precision != "fp32" else None
     scaler = torch.amp.GradScaler("cuda") if hardware.precision == "fp16" else None
     start_step, state = 0, {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0,
-                            "processes": dist.world, "sharded": sharded}
+                            "processes": dist.world, "sharded": sharded, "data": data}
     if start_from is not None:
         load_optimizer = (lambda saved: sharding.load_full_optimizer_state(loss_module, optimizer, saved)) if sharded else None
         state = checkpoint.load_checkpoint(start_from, None if sharded else model, optimizer, scheduler, scaler,
@@ -357,8 +361,7 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
                         gathered.update(adapter_state=sharding.full_adapter_state(model),
                                         optimizer_state=sharding.full_optimizer_state(loss_module, optimizer))
                     if dist.main:
-                        path = checkpoint.save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, state,
-                                                          config.save_total_limit, scaler, **gathered)
+                        path = _save_checkpoint(out, done, model, optimizer, scheduler, state, config, scaler, gathered)
                         emit("checkpoint", {"path": str(path), "step": done})
                     dist.barrier()
                 if stopping:
@@ -399,6 +402,20 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def _save_checkpoint(out: Path, step: int, model, optimizer, scheduler, state: dict[str, Any], config: TrainConfig, scaler,
+                     gathered: dict[str, Any]) -> Path:
+    from qdtool.core import checkpoint
+
+    root = out / "checkpoints"
+    try:
+        return checkpoint.save_checkpoint(root, step, model, optimizer, scheduler, state, config.save_total_limit, scaler, **gathered)
+    except WriteError as exc:  # the partial checkpoint is gone; the older ones are untouched
+        kept = checkpoint.latest_checkpoint(root)
+        resume = (f"{kept} is kept, and once there is room `qdtool train --config {out / 'run_config.yaml'}` resumes from it"
+                  if kept else "no earlier checkpoint exists, so once there is room the same command starts the run over")
+        raise TrainingError(f"{exc}. The step-{step} checkpoint was not saved; {resume}") from None
 
 
 def _train_step(model, optimizer, scheduler, scaler, autocast, micro, config: TrainConfig, hardware, step: int,
