@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from qdtool.cli.app import app
@@ -59,3 +61,60 @@ def test_max_steps_0_trains_by_epochs_even_over_a_yaml_value(tmp_path, captured_
     assert seen["config"].max_steps is None and seen["config"].epochs == 2
     runner.invoke(app, ["train", "--config", str(tmp_path / "c.yaml")])
     assert seen["config"].max_steps == 7
+
+
+def _read_only(monkeypatch, directory: Path) -> None:
+    """Make `directory` behave as on a read-only file system (EROFS) for creating files and dirs in
+    it. chmod does not stop root, who runs the tests in CI, so the refusal is injected instead."""
+    import errno
+    import os
+
+    real_open, real_mkdir = os.open, os.mkdir
+    inside = lambda path: str(Path(os.fspath(path)).absolute()).startswith(str(directory) + os.sep)  # noqa: E731
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR) and inside(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if inside(path) or Path(os.fspath(path)).absolute() == directory:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+
+def test_a_read_only_output_dir_is_refused_before_anything_loads(tiny_model_dir, tmp_path, monkeypatch):
+    from qdtool.core import adapters, modeling
+
+    monkeypatch.setattr(modeling, "load_tokenizer", lambda *a, **k: pytest.fail("nothing may load"))
+    monkeypatch.setattr(adapters, "load_base_model", lambda *a, **k: pytest.fail("nothing may load"))
+    shelf = tmp_path / "shelf"
+    (shelf / "existing").mkdir(parents=True)
+    _read_only(monkeypatch, shelf)
+    for out in (shelf / "new-run", shelf / "existing"):  # a run dir to create, and one already there
+        result = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--data", str(EXAMPLES / "sample_train.json"),
+                                     "--output-dir", str(out), "--report-to", "none"], env={"COLUMNS": "250"})
+        assert result.exit_code == 2, result.output
+        assert f"cannot write {out}: the file system is read-only; choose an output on a writable disk" in result.output
+        assert "Traceback" not in result.output and "Errno" not in result.output
+    assert sorted(p.name for p in shelf.iterdir()) == ["existing"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 0o555; the test above injects the refusal")
+def test_an_unwritable_output_dir_is_refused_before_anything_loads(tiny_model_dir, tmp_path, monkeypatch):
+    from qdtool.core import adapters
+
+    monkeypatch.setattr(adapters, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    shelf.chmod(0o555)
+    try:
+        result = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--data", str(EXAMPLES / "sample_train.json"),
+                                     "--output-dir", str(shelf / "run"), "--report-to", "none"], env={"COLUMNS": "250"})
+    finally:
+        shelf.chmod(0o755)
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {shelf / 'run'}: permission denied" in result.output

@@ -368,3 +368,25 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_good_one_and_the_rerun_res
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]  # the partial one is gone
     result = training.train(config)  # room again: the same command resumes from the kept checkpoint
     assert result.resumed_from == str(out / "checkpoints" / "step-0000002") and result.steps == 6
+
+
+def test_a_full_disk_while_writing_the_adapter_leaves_no_half_adapter(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    import errno
+
+    from transformers import PreTrainedTokenizerBase
+
+    def full(self, *args, **kwargs):  # the adapter weights are written by then: only the tokenizer is missing
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "run"
+    config = make_config(tiny_model_dir, data_file, out, max_steps=4, save_steps=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)
+        with pytest.raises(TrainingError, match=r"no space left on the device holding .*adapter.*The adapter was not written; "
+                                                 r"once there is room, the same command resumes from .*step-0000002"):
+            training.train(config)
+    assert sorted(p.name for p in out.iterdir() if "adapter" in p.name) == []  # neither a half adapter nor its temp dir
+    assert not (out / "run_summary.json").exists()
+    result = training.train(config)
+    assert result.resumed_from == str(out / "checkpoints" / "step-0000002")
+    assert (out / "adapter" / "tokenizer_config.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from qdtool.core.files import write_bytes_atomic, write_error, write_text_atomic
+
 Warn = Callable[[str], None]
 
 
@@ -27,13 +29,15 @@ class MetricsFile:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        """Append one row (a kill leaves at most a torn last line, which a resume drops)."""
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
 
     def rows(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -110,6 +114,8 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> Path | None:
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if not train and not evals:
         return None
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,6 +131,8 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     plt.close(fig)
+    write_bytes_atomic(path, image.getvalue())
     return path

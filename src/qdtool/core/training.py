@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from qdtool.config import TrainConfig, dump_config
 from qdtool.core.distributed import Dist, init_from_env
-from qdtool.core.files import WriteError
+from qdtool.core.files import WriteError, atomic_dir, ensure_writable_dir, write_text_atomic
 from qdtool.core.loss import answer_loss_sum
 from qdtool.errors import ConfigError, TrainingError, TrainingInterrupted
 
@@ -76,6 +76,7 @@ def prepare_output_dir(config: TrainConfig, overwrite: bool) -> Path:
     import yaml
 
     out = Path(config.output_dir)
+    ensure_writable_dir(out)  # a read-only or unwritable run dir fails here, before anything loads
     if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         saved_path = out / "run_config.yaml"
         if not saved_path.is_file():
@@ -227,9 +228,9 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     else:
         train_records, eval_records = batching.split_eval(records, config.eval_split, config.eval_max_records, config.seed)
     if dist.main:
-        (out / "run_config.yaml").write_text(
+        write_text_atomic(
+            out / "run_config.yaml",
             f"# written by qdtool train; `qdtool train --config {out / 'run_config.yaml'}` repeats this run\n" + dump_config(config),
-            encoding="utf-8",
         )
 
     # 2. tokenizer, samples, batch plan
@@ -380,8 +381,14 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     if not dist.main:  # the first process writes the adapter and the summary
         dist.barrier()
         return result
-    model.save_pretrained(str(out / "adapter"), **whole)
-    tokenizer.save_pretrained(str(out / "adapter"))
+    try:
+        with atomic_dir(out / "adapter") as tmp:  # a kill or a full disk leaves no half adapter
+            model.save_pretrained(str(tmp), **whole)
+            tokenizer.save_pretrained(str(tmp))
+    except WriteError as exc:
+        kept = checkpoint.latest_checkpoint(out / "checkpoints")
+        again = f"resumes from {kept}" if kept else "trains it again (no checkpoint was due before the end)"
+        raise TrainingError(f"{exc}. The adapter was not written; once there is room, the same command {again}") from None
     plot_losses(metrics.rows(), out / "loss.png")
     result.steps = total_steps
     result.supervised_tokens = state["supervised_tokens"]
@@ -391,17 +398,11 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     result.final_train_loss = state.get("final_train_loss")
     result.final_eval_loss = state.get("final_eval_loss")
     result.peak_memory_gb = _peak_memory_gb(hardware.device)
-    _write_atomically(out / "run_summary.json", json.dumps(result.to_dict(), indent=2))
+    write_text_atomic(out / "run_summary.json", json.dumps(result.to_dict(), indent=2))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the adapter is final; checkpoints only served resume
     emit("done", result.to_dict())
     dist.barrier()
     return result
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _save_checkpoint(out: Path, step: int, model, optimizer, scheduler, state: dict[str, Any], config: TrainConfig, scaler,
