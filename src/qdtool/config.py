@@ -160,6 +160,9 @@ def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: expected a mapping of settings (got {type(loaded).__name__})")
         values.update(loaded or {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    # Remote code runs only when this command line asks for it: a YAML file, and above all a
+    # downloaded run dir's run_config.yaml (read by resume, merge and decompose), never switches it on.
+    values["trust_remote_code"] = (overrides or {}).get("trust_remote_code") is True
     try:
         return TrainConfig(**values)
     except ValidationError as exc:

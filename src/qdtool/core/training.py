@@ -28,8 +28,9 @@ from qdtool.errors import ConfigError, TrainingError, TrainingInterrupted
 Event = Callable[[str, dict[str, Any]], None]
 
 # Settings that do not change what is learned: a run may be resumed with other values.
-# (max_steps and epochs are not among them: they set the LR schedule's horizon.)
-_RUN_CONTROL = {"eval_steps", "save_steps", "save_total_limit", "report_to", "run_name", "output_dir"}
+# (max_steps and epochs are not among them: they set the LR schedule's horizon.) trust_remote_code
+# comes from the command line only, so a resume without the flag is the same run, not another.
+_RUN_CONTROL = {"eval_steps", "save_steps", "save_total_limit", "report_to", "run_name", "output_dir", "trust_remote_code"}
 
 
 @dataclass
