@@ -38,10 +38,11 @@ def test_load_local_model_and_tokenizer(tiny_model_dir, tiny_tokenizer):
     assert model.config.num_hidden_layers == 2
 
 
-def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
+def test_pickle_weights_are_refused_before_they_are_opened(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
     import torch
+    import transformers
 
     copy = tmp_path / "bin-model"
     shutil.copytree(tiny_model_dir, copy)
@@ -50,8 +51,47 @@ def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
     state = load_file(str(copy / "model.safetensors"))
     (copy / "model.safetensors").unlink()
     torch.save(state, copy / "pytorch_model.bin")
-    with pytest.raises(ModelError, match="could not load the model"):
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was opened"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("loading started"))
+    with pytest.raises(ModelError) as info:
         load_model(str(copy))
+    message = str(info.value)
+    assert f"{copy} holds only pickle weights (pytorch_model.bin)" in message and "did not open them" in message
+    assert "save_pretrained()" in message and "weights_only=False" not in message
+
+
+def test_a_pickle_adapter_is_refused_with_a_way_to_convert_it(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ModelError, match="has no adapter_model.safetensors"):
+        modeling.refuse_pickle_weights(adapter, adapter=True)
+    (adapter / "adapter_model.bin").write_bytes(b"not even a pickle")
+    with pytest.raises(ModelError) as info:
+        modeling.refuse_pickle_weights(adapter, adapter=True)
+    message = str(info.value)
+    assert message.startswith(f"{adapter / 'adapter_model.bin'} is a pickle file")
+    assert f"torch.load('{adapter / 'adapter_model.bin'}', weights_only=True)" in message
+    assert f"'{adapter / 'adapter_model.safetensors'}'" in message
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    modeling.refuse_pickle_weights(adapter, adapter=True)  # safetensors present: the .bin is ignored
+
+
+def test_run_dirs_and_adapter_dirs_passed_as_models_say_what_to_pass(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.yaml").write_text("model: embedded\n")
+    with pytest.raises(ModelError, match=r"run without adapter/: the run may not have finished training.*qdtool train --config"):
+        resolve_model(str(run))
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ModelError, match=f"LoRA adapter of a run, not a model; pass the run directory instead: --model {run}$"):
+        resolve_model(str(run / "adapter"))
+
+
+def test_a_model_that_needs_its_own_code_names_the_flag():
+    message = modeling._load_failure("some/model", "model", ValueError("... Please pass the argument `trust_remote_code=True` ..."))
+    assert "add --trust-remote-code to this command if you trust it" in message
 
 
 def test_missing_embedded_package_says_what_to_install(monkeypatch):

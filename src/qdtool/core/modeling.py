@@ -47,7 +47,7 @@ def resolve_model(spec: str) -> ModelSource:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is a directory but has no config.json; pass a model directory saved by transformers")
+            raise ModelError(_not_a_model_dir(path))
         return ModelSource(spec, "local", str(path))
     if path.exists():
         raise ModelError(f"{path} is a file; pass a model directory, a hub id such as Qwen/Qwen2.5-0.5B-Instruct, or 'embedded'")
@@ -57,6 +57,55 @@ def resolve_model(spec: str) -> ModelSource:
         f"unknown model '{spec}': pass 'embedded' (the bundled Gemma 3 270M), a local model directory, "
         "or a Hugging Face hub id such as Qwen/Qwen2.5-0.5B-Instruct"
     )
+
+
+def _not_a_model_dir(path: Path) -> str:
+    """Why a directory without config.json is not a model, for the two mistakes people make."""
+    if (path / "adapter_config.json").is_file():
+        run = path.parent
+        if (run / "run_config.yaml").is_file():
+            return f"{path} is the LoRA adapter of a run, not a model; pass the run directory instead: --model {run}"
+        return f"{path} is a LoRA adapter, not a model; pass the qdtool run directory that holds it (with run_config.yaml)"
+    if (path / "run_config.yaml").is_file():
+        return (f"{path} is a qdtool run without adapter/: the run may not have finished training. Resume it with "
+                f"`qdtool train --config {path / 'run_config.yaml'}`, or pass a finished run or its merged dir")
+    return f"{path} is a directory but has no config.json; pass a model directory saved by transformers"
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickle_weights(directory: Path, *, adapter: bool = False) -> None:
+    """Stop before anything is loaded when `directory` has pickle weights and no safetensors.
+
+    A pickle (pytorch_model.bin, adapter_model.bin) can run code when it is read; qdtool never opens one.
+
+    Raises:
+        ModelError: only pickle weights are there (the message says how to convert them).
+    """
+    directory = Path(directory)
+    if adapter:
+        if (directory / "adapter_model.safetensors").is_file():
+            return
+        pickles = [p for p in sorted(directory.glob("adapter_model*")) if p.suffix in PICKLE_SUFFIXES]
+        if not pickles:
+            raise ModelError(f"{directory} has no adapter_model.safetensors; it is not a complete LoRA adapter "
+                             "(was training interrupted? resume it with the same `qdtool train` command)")
+        pickle = pickles[0]
+        raise ModelError(
+            f"{pickle} is a pickle file, which can run code when it is loaded; qdtool loads safetensors only and did not open it. "
+            "If you trust where it came from, convert it once: python -c \"import torch; from safetensors.torch import save_file; "
+            f"save_file(torch.load('{pickle}', weights_only=True), '{directory / 'adapter_model.safetensors'}')\""
+        )
+    if any(directory.glob("*.safetensors")):
+        return
+    pickles = [p for p in sorted(directory.iterdir()) if p.is_file() and p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise ModelError(
+            f"{directory} holds only pickle weights ({', '.join(p.name for p in pickles[:3])}), which can run code when they "
+            "are loaded; qdtool loads safetensors only and did not open them. If you trust where they came from, convert them "
+            "once: load the model with transformers and call save_pretrained() (it writes model.safetensors)"
+        )
 
 
 def _embedded_package():
@@ -185,6 +234,8 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     location = model_location(spec, progress)
+    if resolve_model(spec).kind == "local":
+        refuse_pickle_weights(Path(location))
     try:
         return AutoModelForCausalLM.from_pretrained(
             location,
@@ -208,4 +259,7 @@ def _load_failure(spec: str, what: str, exc: Exception) -> str:
         )
     if "safetensors" in str(exc).lower():
         hint += " qdtool loads safetensors weights only; convert .bin checkpoints first."
+    if "trust_remote_code" in str(exc):
+        hint += (" This model needs its own code: add --trust-remote-code to this command if you trust it "
+                 "(qdtool never takes it from a config file or a run directory).")
     return f"could not load the {what} of '{spec}': {exc}.{hint}"
