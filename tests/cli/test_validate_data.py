@@ -123,3 +123,63 @@ def test_token_lengths_with_the_embedded_model(use_embedded_cache):
     assert result.exit_code == 0, result.output
     tokens = json.loads(result.stdout)["files"][0]["stats"]["tokens"]
     assert 40 < tokens["p50"] < 200 and tokens["template"] == "plain"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"question": "Q?", "sub_questionz\\udc00": ["a?", "b?"]}\n', "bad.jsonl:1: a key has the escape \\udc00, a lone UTF-16 surrogate"),
+        (b'{"question": "Is Q\\ud800 big?", "sub_questions": ["What is Q?", "Is #1 big?"]}\n', "bad.jsonl:1: question: the escape \\ud800 is a lone UTF-16 surrogate"),
+        (b"[" * 1500 + b"]" * 1500 + b"\n", "bad.jsonl:1: JSON nested too deeply"),
+        (b'{"question": "Q?", "sub_questions": ["a?", "b?"], "n": ' + b"9" * 5000 + b"}\n", "bad.jsonl:1:56: integer with 5,000 digits (the limit is 4,300)"),
+    ],
+    ids=["surrogate key", "surrogate value", "deep", "huge integer"],
+)
+def test_hostile_json_is_invalid_with_a_message_in_text_and_json(tmp_path, monkeypatch, content, expected):
+    monkeypatch.chdir(tmp_path)
+    Path("bad.jsonl").write_bytes(content)
+    result = invoke("bad.jsonl")
+    assert result.exit_code == 1, result.output
+    assert expected in result.output and "✗ invalid: 1 error(s)" in result.output
+    result = invoke("bad.jsonl", "--json")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["files"][0]["errors"][0]["text"].startswith(expected)
+
+
+def test_utf16_gets_one_error(tmp_path):
+    path = tmp_path / "u16.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode("utf-16") + "\n".encode("utf-16-le"))
+    result = invoke(str(path))
+    assert result.exit_code == 1
+    assert f"{path}: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8" in result.output
+    assert "✗ invalid: 1 error(s)" in result.output
+
+
+def test_a_pretty_printed_array_in_a_jsonl_file_gets_one_hint(tmp_path):
+    path = tmp_path / "arr.jsonl"
+    path.write_text(json.dumps([GOOD] * 3, indent=2))
+    result = invoke(str(path))
+    assert result.exit_code == 1
+    assert "✗ invalid: 1 error(s)" in result.output
+    assert "the file holds a JSON array over 23 lines, but a .jsonl file has one record per line; rename the file to .json" in result.output
+    renamed = path.rename(tmp_path / "arr.json")
+    assert invoke(str(renamed)).exit_code == 0  # the hint's fix works
+
+
+def test_a_fifo_is_a_usage_error_not_a_hang(tmp_path):
+    import os
+    import threading
+    import time
+
+    pipe = tmp_path / "pipe.jsonl"
+    os.mkfifo(pipe)
+
+    def unblock() -> None:  # if validate-data waits on the FIFO (the bug), end the wait so the test fails, not hangs
+        time.sleep(5)
+        with open(pipe, "wb"):
+            pass
+
+    threading.Thread(target=unblock, daemon=True).start()
+    result = invoke(str(pipe))
+    assert result.exit_code == 2, result.output
+    assert f"{pipe}: is a named pipe (FIFO), not a regular file; save the data to a file and pass that" in result.output

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
 
 import pytest
 
@@ -163,21 +161,9 @@ def test_missing_file_and_directory_are_usage_errors(tmp_path):
         load_records(tmp_path)
 
 
-def test_a_fifo_is_refused_at_once_not_read_forever(tmp_path):
-    fifo = tmp_path / "data.jsonl"
-    os.mkfifo(fifo)
-    outcome: list[BaseException] = []
-    reader = threading.Thread(target=lambda: _capture(outcome, load_records, fifo), daemon=True)
-    reader.start()
-    reader.join(timeout=10)
-    assert not reader.is_alive(), "load_records blocked on a FIFO"
-    assert isinstance(outcome[0], UsageError)
-    assert str(outcome[0]) == f"{fifo}: is a named pipe (FIFO), not a regular file; save the data to a file and pass that"
-
-
-def test_a_device_is_refused(tmp_path):
-    with pytest.raises(UsageError, match="is a device, not a regular file"):
-        load_records("/dev/zero")  # would otherwise be read until memory runs out
+def test_a_device_is_refused():
+    with pytest.raises(UsageError, match="^/dev/null: is a device, not a regular file; save the data to a file and pass that$"):
+        load_records("/dev/null")  # /dev/zero would be read until memory runs out
 
 
 def test_nesting_up_to_the_limit_is_kept(tmp_path):
@@ -209,13 +195,6 @@ def test_stdin_content_as_bytes_or_text(tmp_path):
     text = b"ok?\n\xe9t\xe9?\n".decode("utf-8", "surrogateescape")
     rows = read_json_rows("-", text, plain_lines=True).rows
     assert rows[0].value == "ok?" and str(rows[1].problem) == "<stdin>:2: not valid UTF-8 (byte 0xe9 at column 1); save the file as UTF-8"
-
-
-def _capture(outcome, function, *args):
-    try:
-        function(*args)
-    except BaseException as exc:  # noqa: BLE001 - the test inspects whatever was raised
-        outcome.append(exc)
 
 
 def test_leakage_between_files(tmp_path):

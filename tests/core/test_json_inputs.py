@@ -3,7 +3,10 @@ hostile input gets the same located message from each entry point, never a trace
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
+import time
 
 import pytest
 
@@ -56,11 +59,36 @@ def test_hostile_input_gets_one_located_message_everywhere(tmp_path, monkeypatch
     assert ENTRY_POINTS[entry](name) == [expected]
 
 
+@pytest.fixture
+def fifo(tmp_path):
+    """A FIFO, and a writer that opens it after 5 s: a reader that waits on it (the bug) gets EOF
+    and fails its test instead of hanging the suite."""
+    path = tmp_path / "q.jsonl"
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def unblock() -> None:
+        time.sleep(5)
+        while not done.is_set():
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                return
+            except OSError as exc:  # ENXIO: nobody reads it (the fix): try again until the test ends
+                if exc.errno != errno.ENXIO:
+                    return
+                time.sleep(0.1)
+
+    threading.Thread(target=unblock, daemon=True).start()
+    yield path
+    done.set()
+
+
 @pytest.mark.parametrize("reader", [load_records, read_predictions, read_questions], ids=["validate-data", "eval", "decompose"])
-def test_a_fifo_is_refused_by_every_reader(tmp_path, reader):
-    os.mkfifo(tmp_path / "q.jsonl")  # reading it would block until a writer comes: it must not be opened for reading
-    with pytest.raises(UsageError, match=r"q.jsonl: is a named pipe \(FIFO\), not a regular file"):
-        reader(tmp_path / "q.jsonl")
+def test_a_fifo_is_refused_by_every_reader(fifo, reader):
+    start = time.monotonic()
+    with pytest.raises(UsageError, match=r"q.jsonl: is a named pipe \(FIFO\), not a regular file; save the data to a file and pass that"):
+        reader(fifo)
+    assert time.monotonic() - start < 4  # refused at once, not after a writer came
 
 
 def test_binary_junk_on_stdin_is_a_located_error():
