@@ -2,7 +2,8 @@
 
 The base is always loaded in the chosen 16/32-bit precision, never in 4-bit, even for a QLoRA run:
 merging into a quantized base and re-quantizing drifts silently. Before reporting success, the
-merged model's logits are compared with base + adapter on rendered prompts.
+merged model's logits are compared with base + adapter on rendered prompts. The output directory
+is built beside its destination and swapped in whole, with qdtool_merge.json written last.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qdtool.errors import ConfigError, TrainingError, UsageError
+
+MARKER = "qdtool_merge.json"  # written last: a merge output without it is incomplete
 
 # Max |logit difference| accepted between merged and base + adapter, per dtype. Merging rounds
 # W + BA once to the dtype; bf16 keeps 8 mantissa bits, so logits of size ~30 may move by ~0.1-0.3.
@@ -48,35 +51,49 @@ def _dtype(name: str) -> Any:
 
 
 def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str = "bf16", overwrite: bool = False,
-          progress: Progress | None = None) -> MergeResult:
+          trust_remote_code: bool = False, progress: Progress | None = None) -> MergeResult:
     """Merge `run_dir/adapter` into its base model and save safetensors + tokenizer + model card.
 
+    The output is built in a temp dir beside it and swapped in whole (core/files.atomic_dir): an
+    earlier merge survives until the new one is complete, and a kill leaves one or the other.
+
+    Args:
+        trust_remote_code: run the base model repo's own code; only the caller's say-so counts,
+            never the run dir's run_config.yaml (a run dir may come from anyone).
+
     Raises:
-        UsageError: not a finished run dir; output exists without `overwrite`; not enough disk.
+        UsageError: not a finished run dir; output exists without `overwrite`; not writable; not enough disk.
+        ModelError: the adapter is a pickle (.bin) file; the base model cannot be loaded.
         TrainingError: the merged logits differ from base + adapter beyond the tolerance (exit 1).
+        WriteError: the disk refused the write; nothing is left half-written.
     """
     import torch
     from peft import PeftModel
 
     from qdtool.config import load_train_config
-    from qdtool.core.modeling import load_model, load_tokenizer
+    from qdtool.core.files import atomic_dir, ensure_writable_dir
+    from qdtool.core.modeling import load_model, load_tokenizer, refuse_pickle_weights
 
     say = progress or (lambda _m: None)
     run = Path(run_dir)
-    if not (run / "run_config.yaml").is_file() or not (run / "adapter" / "adapter_config.json").is_file():
-        raise UsageError(f"{run} is not a finished qdtool run (it needs run_config.yaml and adapter/); train one with `qdtool train`")
+    _check_run(run)
     if dtype not in TOLERANCE:
         raise ConfigError(f"--dtype must be one of {', '.join(TOLERANCE)} (got {dtype})")
     out = Path(output) if output else run / "merged"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; --output takes a directory")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f"{out} already exists; pass --overwrite to replace it, or --output another directory")
-        if not (out / "qdtool_merge.json").is_file():
-            raise UsageError(f"{out} is not a qdtool merge output; qdtool will not delete it; choose another --output")
+        if not (out / MARKER).is_file():
+            raise UsageError(f"{out} is not a complete qdtool merge output (no {MARKER}); qdtool will not delete it. If it is "
+                             "what an interrupted merge left, remove it yourself; otherwise choose another --output")
+    refuse_pickle_weights(run / "adapter", adapter=True)  # before anything is loaded
+    ensure_writable_dir(out.parent)  # a read-only destination fails now, not after loading and checking the model
     config = load_train_config(run / "run_config.yaml")
 
     say(f"loading {config.model} in {dtype} (never 4-bit, whatever the training used)")
-    base = load_model(config.model, dtype=_dtype(dtype), trust_remote_code=config.trust_remote_code, progress=say)
+    base = load_model(config.model, dtype=_dtype(dtype), trust_remote_code=trust_remote_code, progress=say)
     parameters = sum(p.numel() for p in base.parameters())
     size_gb = parameters * torch.finfo(_dtype(dtype)).bits / 8 / 1e9
     _check_disk(out, size_gb)
@@ -103,18 +120,27 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
         )
 
     say(f"writing {out}")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    merged.config.use_cache = True
-    merged.save_pretrained(str(out), max_shard_size="2GB")  # safetensors (the only format transformers 5 writes)
-    tokenizer.save_pretrained(str(out))
-    _generation_config(merged, tokenizer).save_pretrained(str(out))
-    shutil.copy(run / "run_config.yaml", out / "run_config.yaml")  # decompose reads the prompt settings from it
     result = MergeResult(str(out), config.model, dtype, diff, TOLERANCE[dtype], parameters, round(size_gb, 3))
-    (out / "qdtool_merge.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
-    (out / "README.md").write_text(model_card(run, config, result), encoding="utf-8")
+    merged.config.use_cache = True
+    with atomic_dir(out, needed_bytes=int(size_gb * 1e9)) as tmp:
+        merged.save_pretrained(str(tmp), max_shard_size="2GB")  # safetensors (the only format transformers 5 writes)
+        tokenizer.save_pretrained(str(tmp))
+        _generation_config(merged, tokenizer).save_pretrained(str(tmp))
+        shutil.copy(run / "run_config.yaml", tmp / "run_config.yaml")  # decompose reads the prompt settings from it
+        (tmp / "README.md").write_text(model_card(run, config, result), encoding="utf-8")
+        (tmp / MARKER).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")  # last: the dir is complete
     return result
+
+
+def _check_run(run: Path) -> None:
+    """A finished run dir, or a message that says what it lacks."""
+    if not (run / "run_config.yaml").is_file():
+        if (run / "adapter_config.json").is_file() and (run.parent / "run_config.yaml").is_file():
+            raise UsageError(f"{run} is the adapter of a run; pass the run directory instead: qdtool merge {run.parent}")
+        raise UsageError(f"{run} is not a qdtool run (it has no run_config.yaml); train one with `qdtool train`")
+    if not (run / "adapter" / "adapter_config.json").is_file():
+        raise UsageError(f"{run} has no adapter/ (adapter/adapter_config.json): the run may not have finished training. "
+                         f"Resume it with `qdtool train --config {run / 'run_config.yaml'}`")
 
 
 def _probe_batch(tokenizer: Any, config: Any) -> dict[str, Any]:
