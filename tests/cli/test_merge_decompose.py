@@ -64,6 +64,211 @@ def test_decompose_usage_errors(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "needs sampling" in result.output
 
 
+def _questions(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": i, "question": f"Question number {i}?"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_results_are_written_as_they_finish_and_a_rerun_continues(tiny_run, tmp_path, monkeypatch):
+    """Ctrl-C after 4 of 6 questions keeps those 4 in the file; the same command then does the other 2."""
+    from transformers.generation.utils import GenerationMixin
+
+    questions, out = _questions(tmp_path / "q.jsonl", 6), tmp_path / "out.jsonl"
+    command = ["decompose", "--model", str(tiny_run), "--input", str(questions), "--output", str(out),
+               "--max-new-tokens", "4", "--batch-size", "1"]
+    real, calls = GenerationMixin.generate, []
+
+    def interrupted_at_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", interrupted_at_the_fifth)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 130, result.output
+    assert f"interrupted; 4 new result(s) are in {out}: run the same command again to continue" in result.stderr
+    kept = out.read_text()
+    assert [json.loads(line)["id"] for line in kept.splitlines()] == [0, 1, 2, 3]
+
+    monkeypatch.setattr(GenerationMixin, "generate", real)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert f"skipping 4 question(s) already in {out}" in result.stderr and "wrote 2 result(s)" in result.stderr
+    assert out.read_text().startswith(kept)  # the first four lines untouched
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1, 2, 3, 4, 5]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0 and "nothing to do" in result.stderr
+    result = runner.invoke(app, [*command, "--overwrite"])
+    assert result.exit_code == 0 and "skipping" not in result.stderr and "wrote 6 result(s)" in result.stderr
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_progress_reaches_logs_off_a_terminal(tiny_run, tmp_path, monkeypatch):
+    import qdtool.cli.decompose as command
+
+    monkeypatch.setattr(command, "LOG_EVERY_S", 0.0, raising=False)  # a line per batch (every 10 s otherwise)
+    questions = _questions(tmp_path / "q.jsonl", 3)
+    result = runner.invoke(app, ["decompose", "--model", str(tiny_run), "--input", str(questions), "--max-new-tokens", "2",
+                                 "--batch-size", "2", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("decompose: ")]
+    assert [line.split(" questions")[0] for line in lines] == ["decompose: 2/3", "decompose: 3/3"]
+    assert "s left" in lines[0] and "s left" not in lines[1]
+
+
+def test_an_unwritable_output_fails_before_the_model_loads(tiny_run, tmp_path, monkeypatch):
+    """Tests run as root, where chmod does not stop writes: the file system says EROFS here instead."""
+    import errno
+    import tempfile
+
+    import qdtool.core.generation as generation
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(generation, "load_decomposer", lambda *a, **k: pytest.fail("the model was loaded"))
+    result = runner.invoke(app, ["decompose", "--model", str(tiny_run), "--input", str(_questions(tmp_path / "q.jsonl", 2)),
+                                 "--output", str(tmp_path / "ro" / "out.jsonl")])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {tmp_path / 'ro'}: the file system is read-only" in result.stderr
+
+
+def test_merge_to_a_read_only_destination_fails_before_the_model_loads(tiny_run, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    import qdtool.core.modeling as modeling
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    result = runner.invoke(app, ["merge", str(tiny_run), "--output", str(tmp_path / "merged")])
+    assert result.exit_code == 2, result.output
+    assert "the file system is read-only" in result.stderr and "Traceback" not in result.output
+
+
+def test_empty_and_overlong_questions_are_refused(tiny_run, tmp_path, monkeypatch):
+    import qdtool.core.generation as generation
+
+    with monkeypatch.context() as patch:
+        patch.setattr(generation, "load_decomposer", lambda *a, **k: pytest.fail("the model was loaded"))
+        for empty in ("", "   "):
+            result = runner.invoke(app, ["decompose", "--model", str(tiny_run), empty])
+            assert result.exit_code == 2 and "QUESTION is empty" in result.stderr, result.output
+    result = runner.invoke(app, ["decompose", "--model", str(tiny_run), "Was " + "it " * 2000 + "so?"])
+    assert result.exit_code == 1, result.output
+    assert "error: the prompt is" in result.stderr
+    assert "at most 256 tokens (the model's context of 512 tokens less --max-new-tokens 256); nothing was generated" in result.stderr
+    questions, out = tmp_path / "q.jsonl", tmp_path / "out.jsonl"
+    questions.write_text(json.dumps({"id": "a", "question": "Short?"}) + "\n" + json.dumps({"id": "b", "question": "Was " + "it " * 300 + "so?"}) + "\n")
+    result = runner.invoke(app, ["decompose", "--model", str(tiny_run), "--input", str(questions), "--output", str(out),
+                                 "--max-input-tokens", "200"])
+    assert result.exit_code == 1, result.output
+    assert f"{questions}: record 2 (id b): the prompt is" in result.stderr and "at most 200 tokens (--max-input-tokens 200)" in result.stderr
+    assert not out.exists()
+    out.write_text(json.dumps({"id": "a", "question": "Short?", "sub_questions": [], "raw": "", "parse_ok": False}) + "\n")
+    result = runner.invoke(app, ["decompose", "--model", str(tiny_run), "--input", str(questions), "--output", str(out),
+                                 "--max-input-tokens", "200"])
+    assert result.exit_code == 1 and "skipping 1 question(s)" in result.stderr
+    assert f"{questions}: record 2 (id b): the prompt is" in result.stderr  # its place in the input, not among those left
+
+
+def test_a_run_without_its_adapter_and_an_adapter_dir_say_what_to_pass(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    shutil.copy(tiny_run / "run_config.yaml", run / "run_config.yaml")
+    result = runner.invoke(app, ["decompose", "--model", str(run), "Q?"])
+    assert result.exit_code == 1 and "run without adapter/: the run may not have finished training" in result.stderr
+    assert "no config.json" not in result.stderr
+    result = runner.invoke(app, ["decompose", "--model", str(tiny_run / "adapter"), "Q?"])
+    assert result.exit_code == 1 and f"pass the run directory instead: --model {tiny_run}" in result.stderr
+
+
+def test_a_pickle_adapter_is_refused_by_decompose(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    import qdtool.core.modeling as modeling
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "adapter" / "adapter_model.safetensors").rename(run / "adapter" / "adapter_model.bin")
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("the base model was loaded"))
+    result = runner.invoke(app, ["decompose", "--model", str(run), "Q?"])
+    assert result.exit_code == 1, result.output
+    assert "adapter_model.bin is a pickle file" in result.stderr and "UnpicklingError" not in result.output
+
+
+@pytest.fixture(scope="module")
+def planted_run(tiny_run, tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """A downloaded run dir whose run_config.yaml sets trust_remote_code: true for a base model that
+    carries its own code; that code creates a marker file when it runs."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path_factory.mktemp("planted")
+    marker = root / "remote-code-ran"
+    base = root / "base"
+    shutil.copytree(tiny_model_dir, base)
+    config = json.loads((base / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_planted.PlantedConfig"}
+    (base / "config.json").write_text(json.dumps(config))
+    (base / "configuration_planted.py").write_text(
+        f"from pathlib import Path\nfrom transformers import LlamaConfig as PlantedConfig\n\nPath({str(marker)!r}).touch()\n")
+    run = root / "run"
+    shutil.copytree(tiny_run, run)
+    settings = yaml.safe_load((run / "run_config.yaml").read_text())
+    settings.update(model=str(base), trust_remote_code=True)
+    (run / "run_config.yaml").write_text(yaml.safe_dump(settings))
+    return run, marker
+
+
+@pytest.fixture
+def modules_cache(tmp_path, monkeypatch):
+    """Where transformers copies a repo's code before running it: here, not in the user's cache."""
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+
+
+def test_a_run_dir_never_switches_on_remote_code(planted_run, modules_cache, tmp_path):
+    run, marker = planted_run
+    result = runner.invoke(app, ["decompose", "--model", str(run), "Q?", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    assert not marker.exists()
+    result = runner.invoke(app, ["merge", str(run), "--output", str(tmp_path / "merged"), "--dtype", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert not marker.exists()
+    # the user's own flag does run it (so the checks above would see it run)
+    result = runner.invoke(app, ["decompose", "--model", str(run), "Q?", "--max-new-tokens", "2", "--trust-remote-code"])
+    assert result.exit_code == 0, result.output
+    assert marker.exists()
+    marker.unlink()
+
+
+def test_merge_passes_only_its_own_flag_on(planted_run, monkeypatch, tmp_path):
+    import qdtool.core.modeling as modeling
+    from qdtool.errors import ModelError
+
+    seen = []
+
+    def spy(spec, **kwargs):
+        seen.append(kwargs["trust_remote_code"])
+        raise ModelError("stop here")
+
+    monkeypatch.setattr(modeling, "load_model", spy)
+    run, _ = planted_run
+    runner.invoke(app, ["merge", str(run), "--output", str(tmp_path / "a")])
+    runner.invoke(app, ["merge", str(run), "--output", str(tmp_path / "b"), "--trust-remote-code"])
+    assert seen == [False, True]
+
+
 @pytest.mark.embedded
 def test_end_to_end_on_the_embedded_model(use_embedded_cache, tmp_path):
     """train a few steps → merge → decompose a file of 10 questions, on the real Gemma 3 270M."""

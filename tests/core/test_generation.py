@@ -111,3 +111,71 @@ def test_the_lm_head_always_gets_a_contiguous_input(tiny_model_dir):
     with torch.no_grad():  # and generation runs through it
         model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=2, do_sample=False)
     assert len(seen) >= 3 and all(seen)
+
+
+def test_results_stream_out_in_input_order_before_the_rest_is_generated(tiny_tokenizer):
+    """Rows come back in input order, window by window: a caller writing each one keeps them when stopped."""
+    from qdtool.core.generation import decompose_stream
+
+    tiny_tokenizer.padding_side = "left"
+    questions = [f"Was Aristotle alive {'when ' * (i % 4)}in year {i}?" for i in range(10)]
+    model = ScriptedModel(tiny_tokenizer, {"Aristotle": ANSWERS["Aristotle"]})
+    stream = decompose_stream(Decomposer(model, tiny_tokenizer), [{"id": i, "question": q} for i, q in enumerate(questions)],
+                              GenerationSettings(batch_size=2))
+    first = next(stream)
+    assert first.extra["id"] == 0 and first.parse_ok
+    assert 1 <= len(model.batches) <= 4  # only the first window (4 batches of 2) ran, not all 5 batches
+    rest = list(stream)
+    assert [r.extra["id"] for r in rest] == list(range(1, 10))
+    assert model.batches == [2, 2, 2, 2, 2]
+
+
+def test_empty_and_overlong_questions_are_refused_before_anything_is_generated(tiny_tokenizer):
+    tiny_tokenizer.padding_side = "left"
+    model = ScriptedModel(tiny_tokenizer, ANSWERS)
+    rows = [{"id": "a", "question": "Was Aristotle alive?"}, {"id": "b", "question": "   "},
+            {"question": "Was Aristotle " + "very " * 200 + "old?"}]
+    with pytest.raises(DataError) as info:
+        decompose(Decomposer(model, tiny_tokenizer), rows, GenerationSettings(max_input_tokens=200), source="q.jsonl")
+    message = str(info.value)
+    assert message.startswith("q.jsonl: record 2 (id b): the question is empty; record 3: the prompt is ")
+    assert "A prompt may take at most 200 tokens (--max-input-tokens 200); nothing was generated" in message
+    assert model.batches == []
+    with pytest.raises(DataError, match=r"^the prompt is \d+ tokens\. A prompt may take at most 200 tokens"):
+        decompose(Decomposer(model, tiny_tokenizer), rows[2:], GenerationSettings(max_input_tokens=200))
+    assert model.batches == []
+
+
+def test_the_prompt_limit_is_the_models_context_less_the_answer(tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from qdtool.core.generation import prompt_limit
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # max_position_embeddings 512
+    assert prompt_limit(model, GenerationSettings(max_new_tokens=256, max_input_tokens=1024)) == (
+        256, "the model's context of 512 tokens less --max-new-tokens 256")
+    assert prompt_limit(model, GenerationSettings(max_new_tokens=64, max_input_tokens=100)) == (100, "--max-input-tokens 100")
+    with pytest.raises(UsageError, match="--max-new-tokens 600 leaves no room for a prompt"):
+        decompose(Decomposer(model, tiny_tokenizer), [{"question": "A?"}], GenerationSettings(max_new_tokens=600))
+
+
+def test_incomplete_model_dirs_are_refused_before_loading(tiny_model_dir, tmp_path):
+    """What an interrupted merge (before merges were atomic) left: weights, but no tokenizer or marker."""
+    import shutil
+
+    from qdtool.core.generation import load_decomposer
+    from qdtool.errors import ModelError
+
+    half = tmp_path / "merged"
+    half.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, half / name)
+    with pytest.raises(ModelError, match=r"has model weights but no tokenizer .*merge RUN_DIR --overwrite"):
+        load_decomposer(str(half), device="cpu")
+    shutil.rmtree(half)
+    shutil.copytree(tiny_model_dir, half)
+    (half / "run_config.yaml").write_text("model: embedded\n")
+    with pytest.raises(ModelError, match=r"incomplete merge output \(no qdtool_merge.json"):
+        load_decomposer(str(half), device="cpu")
+    (half / "qdtool_merge.json").write_text("{}")
+    assert load_decomposer(str(half), device="cpu").source == str(half)

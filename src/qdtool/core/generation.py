@@ -1,8 +1,11 @@
 """`decompose`: load a decomposer (run dir, merged dir, hub id, embedded) and generate, batched.
 
 Prompts come from the one renderer used in training, with the prompt settings the run was trained
-with (its run_config.yaml). Questions are sorted by length and generated in left-padded batches;
-every output is parsed, and a malformed one becomes `parse_ok: false` with the raw text kept.
+with (its run_config.yaml). Questions are sorted by length (within windows of a few batches) and
+generated in left-padded batches; results come back in input order as soon as they are done, so a
+caller can write each one at once. Every output is parsed, and a malformed one becomes
+`parse_ok: false` with the raw text kept. Empty questions and prompts over the limit are refused
+before anything is generated.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from qdtool.core.prompts import parse_sub_questions, render_prompt, uses_chat_template
 from qdtool.errors import DataError, UsageError
@@ -28,6 +31,7 @@ class GenerationSettings:
     top_p: float = 1.0
     num_return_sequences: int = 1
     batch_size: int = 16
+    max_input_tokens: int = 1024  # prompt tokens per question at most; longer ones are refused, not generated
 
 
 @dataclass
@@ -95,9 +99,14 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
     device_map = {"": 0} if use_cuda else None
     path = Path(spec)
     run_config = path / RUN_CONFIG
+    # Only this command's own flag runs a model repo's code: a run dir's run_config.yaml may come
+    # from anyone, so its trust_remote_code is never read (load_train_config drops it too).
     if run_config.is_file() and (path / "adapter").is_dir():
         from peft import PeftModel
 
+        from qdtool.core.modeling import refuse_pickle_weights
+
+        refuse_pickle_weights(path / "adapter", adapter=True)
         config = load_train_config(run_config)
         quantization = None
         if use_cuda and config.quantization == "4bit":
@@ -106,7 +115,7 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
             quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                bnb_4bit_use_double_quant=config.double_quant, bnb_4bit_compute_dtype=dtype)
         base = load_model(config.model, dtype=dtype, device_map=device_map, quantization_config=quantization,
-                          trust_remote_code=trust_remote_code or config.trust_remote_code, progress=progress)
+                          trust_remote_code=trust_remote_code, progress=progress)
         model = PeftModel.from_pretrained(base, str(path / "adapter"))
         if quantization is None and dtype == torch.float32:
             # Fold the adapter into fp32 weights in memory: the same function up to float rounding,
@@ -116,6 +125,8 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
         tokenizer = load_tokenizer(str(path / "adapter"))
         options = config.prompt_options()
     else:
+        if path.is_dir():
+            _check_model_dir(path)
         model = load_model(spec, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, progress=progress)
         tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code, progress=progress)
         options = load_train_config(run_config).prompt_options() if run_config.is_file() else {}
@@ -123,6 +134,24 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
     _contiguous_head_input(model)
     tokenizer.padding_side = "left"  # generation continues on the right
     return Decomposer(model, tokenizer, options, spec)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _check_model_dir(path: Path) -> None:
+    """Refuse a half-written model dir (an interrupted merge) before it loads and answers garbage."""
+    from qdtool.core.merging import MARKER
+    from qdtool.errors import ModelError
+
+    if not (path / "config.json").is_file():
+        return  # resolve_model says what this directory is instead
+    again = "run `qdtool merge RUN_DIR --overwrite` again, or pass the run directory itself"
+    if (path / RUN_CONFIG).is_file() and not (path / MARKER).is_file():
+        raise ModelError(f"{path} is an incomplete merge output (no {MARKER}, which merge writes last): {again}")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(f"{path} has model weights but no tokenizer ({', '.join(_TOKENIZER_FILES)}): an incomplete model "
+                         f"directory, for example from an interrupted merge; {again}")
 
 
 def _contiguous_head_input(model: Any) -> None:
@@ -221,20 +250,111 @@ def decompose(
     *,
     progress: Progress | None = None,
     on_text: Callable[[str], None] | None = None,
+    source: str | None = None,
 ) -> list[Decomposition]:
-    """Decompose every row's "question", in input order; batches are formed by prompt length.
+    """Decompose every row's "question", in input order (see `decompose_stream`)."""
+    return list(decompose_stream(decomposer, rows, settings, progress=progress, on_text=on_text, source=source))
+
+
+def decompose_stream(
+    decomposer: Decomposer,
+    rows: Sequence[dict[str, Any]],
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    progress: Progress | None = None,
+    on_text: Callable[[str], None] | None = None,
+    source: str | None = None,
+    numbers: Sequence[int] | None = None,
+) -> Iterator[Decomposition]:
+    """Yield every row's decomposition in input order, each as soon as it and the rows before it are done.
+
+    Rows are taken in windows of `_WINDOW_BATCHES` batches; inside a window, batches are formed by
+    prompt length (little padding), and finished rows are yielded in input order. So a caller that
+    writes each result as it comes keeps everything finished when it is stopped.
 
     Args:
         on_text: stream the generated text of a single question as it comes (batch of one).
-    """
-    import torch
+        source: where the rows come from (a file name), for error messages.
+        numbers: each row's record number in `source` (default 1, 2, ...), for error messages.
 
+    Raises:
+        DataError: a question is empty, or its prompt is over the limit (`prompt_limit`); every such
+            row is listed, before anything is generated.
+    """
     tokenizer, model = decomposer.tokenizer, decomposer.model
-    prompts = [decomposer.prompt(row["question"]) for row in rows]
     chat = uses_chat_template(tokenizer, decomposer.prompt_options.get("template", "auto"))
-    encoded = [tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in prompts]  # as in training
-    order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
-    results: list[Decomposition | None] = [None] * len(rows)
+    encoded = [_encode(decomposer, row, chat) for row in rows]
+    _check_lengths(rows, encoded, prompt_limit(model, settings), settings, source, numbers)
+    gen_kwargs = _generation_kwargs(decomposer, settings)
+    window = settings.batch_size * _WINDOW_BATCHES
+    done = 0
+    for first in range(0, len(rows), window):
+        indices = range(first, min(first + window, len(rows)))
+        order = sorted(indices, key=lambda i: len(encoded[i]))
+        finished: dict[int, Decomposition] = {}
+        emitted = first
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            streamer = _streamer(tokenizer, on_text) if on_text is not None and len(rows) == 1 else None
+            finished.update(_generate_batch(decomposer, rows, encoded, batch, settings, gen_kwargs, streamer))
+            done += len(batch)
+            if progress:
+                progress(done, len(rows))
+            while emitted in finished:
+                yield finished.pop(emitted)
+                emitted += 1
+
+
+# Rows per window = batch_size x this: enough to sort by length, few enough to write results often.
+_WINDOW_BATCHES = 4
+
+
+def _encode(decomposer: Decomposer, row: dict[str, Any], chat: bool) -> list[int] | None:
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        return None
+    return decomposer.tokenizer(decomposer.prompt(question), add_special_tokens=not chat)["input_ids"]  # as in training
+
+
+def prompt_limit(model: Any, settings: GenerationSettings) -> tuple[int, str]:
+    """The most prompt tokens a question may take, and why: --max-input-tokens, or the model's
+    context less the tokens to generate (whichever is smaller)."""
+    limit, why = settings.max_input_tokens, f"--max-input-tokens {settings.max_input_tokens}"
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    context = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(context, int) and context - settings.max_new_tokens < limit:
+        limit = context - settings.max_new_tokens
+        why = f"the model's context of {context:,} tokens less --max-new-tokens {settings.max_new_tokens}"
+    return limit, why
+
+
+def _check_lengths(rows: Sequence[dict[str, Any]], encoded: Sequence[list[int] | None], limit: tuple[int, str],
+                   settings: GenerationSettings, source: str | None, numbers: Sequence[int] | None) -> None:
+    tokens, why = limit
+    if tokens < 1:
+        raise UsageError(f"--max-new-tokens {settings.max_new_tokens} leaves no room for a prompt ({why}); lower --max-new-tokens")
+    problems = []
+    for index, (row, ids) in enumerate(zip(rows, encoded)):
+        place = f"record {numbers[index] if numbers else index + 1}" + (f" (id {row['id']})" if "id" in row else "")
+        if ids is None:
+            problems.append(f"{place}: the question is empty")
+        elif len(ids) > tokens:
+            problems.append(f"{place}: the prompt is {len(ids):,} tokens")
+    if not problems:
+        return
+    prefix = f"{source}: " if source else ""
+    if len(rows) == 1 and source is None:  # one question from the command line: no record numbers
+        problems = [p.split(": ", 1)[1] for p in problems]
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    raise DataError(
+        f"{prefix}{shown}. A prompt may take at most {tokens:,} tokens ({why}); nothing was generated. "
+        "Shorten or remove these questions, or raise --max-input-tokens within the model's context."
+    )
+
+
+def _generation_kwargs(decomposer: Decomposer, settings: GenerationSettings) -> dict[str, Any]:
+    tokenizer, model = decomposer.tokenizer, decomposer.model
     eos_ids = {tokenizer.convert_tokens_to_ids(m) for m in decomposer.stop_markers}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)  # e.g. Llama 3's extra end ids
     eos_ids |= set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
@@ -248,30 +368,33 @@ def decompose(
         gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
     else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return gen_kwargs
+
+
+def _generate_batch(decomposer: Decomposer, rows: Sequence[dict[str, Any]], encoded: Sequence[Any], batch: list[int],
+                    settings: GenerationSettings, gen_kwargs: dict[str, Any], streamer: Any) -> dict[int, Decomposition]:
+    """One left-padded generate() call; the parsed result of each row in `batch`, by row index."""
+    import torch
+
+    tokenizer, model = decomposer.tokenizer, decomposer.model
     device = next(model.parameters()).device
-    done = 0
-    for start in range(0, len(order), settings.batch_size):
-        batch = order[start : start + settings.batch_size]
-        width = max(len(encoded[i]) for i in batch)
-        pad = gen_kwargs["pad_token_id"]
-        input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
-        attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
-        streamer = _streamer(tokenizer, on_text) if on_text is not None and len(rows) == 1 else None
-        with torch.no_grad():
-            output = model.generate(input_ids=input_ids, attention_mask=attention, streamer=streamer, **gen_kwargs)
-        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=False)
-        n = settings.num_return_sequences
-        for k, index in enumerate(batch):
-            parsed = [parse_sub_questions(_until_stop(t, tokenizer, decomposer.stop_markers)) for t in texts[k * n : (k + 1) * n]]
-            row = rows[index]
-            first = parsed[0]
-            samples = [{"sub_questions": p.sub_questions, "raw": p.raw, "parse_ok": p.parse_ok} for p in parsed] if n > 1 else []
-            extra = {key: value for key, value in row.items() if key not in ("question", "sub_questions")}
-            results[index] = Decomposition(row["question"], first.sub_questions, first.raw, first.parse_ok, extra, samples)
-        done += len(batch)
-        if progress:
-            progress(done, len(rows))
-    return [r for r in results if r is not None]
+    width = max(len(encoded[i]) for i in batch)
+    pad = gen_kwargs["pad_token_id"]
+    input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
+    attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
+    with torch.no_grad():
+        output = model.generate(input_ids=input_ids, attention_mask=attention, streamer=streamer, **gen_kwargs)
+    texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=False)
+    n = settings.num_return_sequences
+    results = {}
+    for k, index in enumerate(batch):
+        parsed = [parse_sub_questions(_until_stop(t, tokenizer, decomposer.stop_markers)) for t in texts[k * n : (k + 1) * n]]
+        row = rows[index]
+        first = parsed[0]
+        samples = [{"sub_questions": p.sub_questions, "raw": p.raw, "parse_ok": p.parse_ok} for p in parsed] if n > 1 else []
+        extra = {key: value for key, value in row.items() if key not in ("question", "sub_questions")}
+        results[index] = Decomposition(row["question"], first.sub_questions, first.raw, first.parse_ok, extra, samples)
+    return results
 
 
 def _until_stop(text: str, tokenizer: Any, stop_markers: Sequence[str]) -> str:
@@ -284,10 +407,5 @@ def _until_stop(text: str, tokenizer: Any, stop_markers: Sequence[str]) -> str:
     return text.strip()
 
 
-def write_jsonl(results: Iterable[Decomposition], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for result in results:
-            f.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-
-
-__all__ = ["Decomposer", "Decomposition", "GenerationSettings", "decompose", "latest_run", "load_decomposer", "read_questions"]
+__all__ = ["Decomposer", "Decomposition", "GenerationSettings", "decompose", "decompose_stream", "latest_run", "load_decomposer",
+           "prompt_limit", "read_questions"]
