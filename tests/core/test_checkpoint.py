@@ -157,7 +157,7 @@ class _Holder:
 def test_every_kind_of_state_comes_back_exactly(tmp_path, tiny_tokenizer):
     """Tuples, int keys, None, inf, tensors that share memory, keys that look like our own tags, and
     per-process RNG states (Python's `random` tuple included) survive safetensors + JSON unchanged."""
-    model, optimizer, scheduler = _trained(tiny_tokenizer)
+    model, optimizer, _ = _trained(tiny_tokenizer)
     base = torch.arange(6.0)
     tricky = {"ints": {0: base, 7: base[:2]}, "tuple": (1, 2.5, None, "x"), "inf": float("inf"), "flag": True,
               "tags": {"__tensor__": "0"}, "empty": torch.zeros(0, dtype=torch.int64), "bytes": torch.tensor([1, 2], dtype=torch.uint8)}
