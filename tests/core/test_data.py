@@ -193,7 +193,7 @@ def test_stdin_content_as_bytes_or_text(tmp_path):
     assert [str(r.problem) for r in junk.rows] == ["<stdin>:1: not valid UTF-8 (byte 0xff at column 2); save the file as UTF-8"]
     # Python hands undecodable stdin bytes over as surrogate escapes: they are reported as the bytes they were.
     text = b"ok?\n\xe9t\xe9?\n".decode("utf-8", "surrogateescape")
-    rows = read_json_rows("-", text, plain_lines=True).rows
+    rows = list(read_json_rows("-", text, plain_lines=True).rows)  # rows are decoded as they are read
     assert rows[0].value == "ok?" and str(rows[1].problem) == "<stdin>:2: not valid UTF-8 (byte 0xe9 at column 1); save the file as UTF-8"
 
 

@@ -14,6 +14,7 @@ gets the same located message everywhere instead of a traceback.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 from qdtool.errors import DataError, UsageError
 
@@ -190,15 +191,16 @@ def load_records(path: str | Path) -> LoadResult:
 
 # --- The one JSON reader: datasets, predictions (eval) and questions (decompose) all come through here.
 
-MAX_JSON_DEPTH = 100  # levels of [ and {; no record needs more, and deeper values break recursive code later
+MAX_JSON_DEPTH = 100  # levels of [ and {, the record's own included; no record needs more, and deeper breaks recursive code
 _INT_DIGITS = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300  # Python's int() limit
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # only these escapes can decode to a lone surrogate
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _LONG_INT = re.compile(r"(?:^|[\[:,])\s*-?(\d{%d,})" % (_INT_DIGITS + 1))
+_NOT_SPACE = re.compile(rb"\S")
 _BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
 
 
-@dataclass
+@dataclass(slots=True)
 class JsonRow:
     """One record's place in its file, and either its decoded value or the problem that stopped it."""
 
@@ -212,8 +214,8 @@ class JsonRow:
 class JsonFile:
     path: Path
     format: Literal["json", "jsonl", "lines", "unknown"]
-    rows: list[JsonRow]
-    problems: list[Problem]  # about the file as a whole (empty, UTF-16, an array in a .jsonl)
+    rows: Iterable[JsonRow]  # decoded as they are read, in file order: iterate once
+    problems: list[Problem]  # about the file as a whole (empty, UTF-16, an array in a .jsonl), known at once
 
 
 class _JsonFault(Exception):
@@ -247,14 +249,15 @@ def read_json_rows(path: str | Path, data: bytes | str | None = None, *, what: s
         return result
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    stripped = raw.lstrip()
-    if not stripped.strip():
+    start = _NOT_SPACE.search(raw)  # not raw.strip(): that copies a file of any size
+    if start is None:
         result.problems.append(Problem(name, f"file is empty; expected JSON {what}"))
         return result
-    if plain_lines and stripped[:1] not in (b"[", b"{"):
+    opener = raw[start.start():start.start() + 1]
+    if plain_lines and opener not in (b"[", b"{"):
         result.format = "lines"
         result.rows = _plain_lines(raw, name)
-    elif Path(path).suffix.lower() not in _JSONL_SUFFIXES and stripped[:1] == b"[":
+    elif Path(path).suffix.lower() not in _JSONL_SUFFIXES and opener == b"[":
         result.format = "json"
         _json_array(raw, name, what, result)
     else:
@@ -314,59 +317,56 @@ def _position(text: str, index: int) -> tuple[int, int]:
 
 def decode_json(text: str) -> Any:
     """One JSON value that later code can use safely, or _JsonFault (message, character index if known)."""
-    value = _parse(text)
-    fault = _value_fault(value, _Walk.of(text))
-    if fault:
-        raise fault
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _parse_fault(exc, text) from None
+    surrogates = _SURROGATE_ESCAPE.search(text) is not None
+    if surrogates or _may_be_deep(text):  # most lines need no walk
+        fault = _value_fault(value, surrogates)
+        if fault:
+            raise fault
     return value
 
 
-def _parse(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _JsonFault(f"invalid JSON: {exc.msg}", exc.pos) from None
-    except RecursionError:
-        raise _JsonFault(_TOO_DEEP) from None
-    except ValueError:  # int() refuses integer literals over sys.get_int_max_str_digits()
-        match = _LONG_INT.search(text)
-        digits = f"{len(match.group(1)):,} digits" if match else f"over {_INT_DIGITS:,} digits"
-        raise _JsonFault(f"integer with {digits} (the limit is {_INT_DIGITS:,}); write it as a string", match.start(1) if match else None) from None
+def _may_be_deep(text: str) -> bool:
+    return text.count("[") + text.count("{") > MAX_JSON_DEPTH
+
+
+def _parse_fault(exc: ValueError | RecursionError, text: str) -> _JsonFault:
+    if isinstance(exc, json.JSONDecodeError):
+        return _JsonFault(f"invalid JSON: {exc.msg}", exc.pos)
+    if isinstance(exc, RecursionError):
+        return _JsonFault(_TOO_DEEP)
+    # int() refuses integer literals over sys.get_int_max_str_digits()
+    match = _LONG_INT.search(text)
+    digits = f"{len(match.group(1)):,} digits" if match else f"over {_INT_DIGITS:,} digits"
+    return _JsonFault(f"integer with {digits} (the limit is {_INT_DIGITS:,}); write it as a string", match.start(1) if match else None)
 
 
 _TOO_DEEP = f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels of [ and {{); flatten the record"
 
 
-@dataclass(frozen=True)
-class _Walk:
-    """Which checks a decoded value needs, judged once from its text: most need none."""
-
-    surrogates: bool  # the text has a \uD800-\uDFFF escape
-    depth: bool  # the text has more brackets than MAX_JSON_DEPTH
-
-    @classmethod
-    def of(cls, text: str) -> "_Walk":
-        return cls(_SURROGATE_ESCAPE.search(text) is not None, text.count("[") + text.count("{") > MAX_JSON_DEPTH)
-
-
-def _value_fault(value: Any, walk: _Walk) -> _JsonFault | None:
+def _value_fault(value: Any, surrogates: bool) -> _JsonFault | None:
     """What makes a decoded record unusable though it parsed (more than MAX_JSON_DEPTH levels of
-    containers, counting the record itself; a lone surrogate), with the record's field it is in."""
-    if not (walk.surrogates or walk.depth):
-        return None
-    stack: list[tuple[Any, int, str | None]] = [(value, 0, None)]  # iterative: a deep value must not recurse
+    containers, counting the record itself; with `surrogates`, a lone surrogate in a key or string),
+    with the record's field it is in. Iterative: a deep value must not recurse."""
+    if type(value) not in (dict, list):
+        return _JsonFault(_surrogate_message(value, key=False)) if surrogates and type(value) is str and _SURROGATE.search(value) else None
+    stack: list[tuple[Any, int, str | None]] = [(value, 1, None)]
     while stack:
         item, level, top = stack.pop()
-        if isinstance(item, (dict, list)):
-            if level >= MAX_JSON_DEPTH:
-                return _JsonFault(_TOO_DEEP, field=top)
-            pairs = item.items() if isinstance(item, dict) else ((None, x) for x in item)
-            for key, child in pairs:
-                if walk.surrogates and isinstance(key, str) and _SURROGATE.search(key):
+        if level > MAX_JSON_DEPTH:
+            return _JsonFault(_TOO_DEEP, field=top)
+        pairs = item.items() if type(item) is dict else zip(itertools.repeat(None), item)
+        for key, child in pairs:
+            if surrogates:
+                if key is not None and _SURROGATE.search(key):
                     return _JsonFault(_surrogate_message(key, key=True), field=top)
-                stack.append((child, level + 1, top if level else key))
-        elif walk.surrogates and isinstance(item, str) and _SURROGATE.search(item):
-            return _JsonFault(_surrogate_message(item, key=False), field=top)
+                if type(child) is str and _SURROGATE.search(child):
+                    return _JsonFault(_surrogate_message(child, key=False), field=top if level > 1 else key)
+            if type(child) in (dict, list):
+                stack.append((child, level + 1, top if level > 1 else key))
     return None
 
 
@@ -398,53 +398,64 @@ def _json_array(raw: bytes, name: str, what: str, result: JsonFile) -> None:
         result.problems.append(_utf8_problem(exc, raw, name))
         text = raw.decode("utf-8", errors="replace")
     try:
-        data = _parse(text)
-    except _JsonFault as fault:
-        result.problems.append(_fault_problem(fault, text, name, None, name))
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        result.problems.append(_fault_problem(_parse_fault(exc, text), text, name, None, name))
         return
     if not isinstance(data, list):  # pragma: no cover - guarded by the leading "["
         result.problems.append(Problem(name, f"expected a JSON array of {what} (got {json_type_name(data)})"))
         return
     if not data:
         result.problems.append(Problem(name, f"the array has no {what}"))
-    walk = _Walk.of(text)
+    result.rows = _array_rows(data, name, _SURROGATE_ESCAPE.search(text) is not None, _may_be_deep(text))
+
+
+def _array_rows(data: list[Any], name: str, surrogates: bool, deep: bool) -> Iterator[JsonRow]:
     for index, item in enumerate(data):
-        row = JsonRow(f"{name}[#{index}]", None, item)
-        fault = _value_fault(item, walk)  # each element is a record, judged as a JSONL line would be
-        if fault:
-            row.value, row.problem = None, Problem(row.location, fault.message, field=fault.field)
-        result.rows.append(row)
+        fault = _value_fault(item, surrogates) if surrogates or deep else None  # each element as a JSONL line would be
+        location = f"{name}[#{index}]"
+        yield JsonRow(location, None, problem=Problem(location, fault.message, field=fault.field)) if fault else JsonRow(location, None, item)
 
 
 def _json_lines(raw: bytes, name: str, result: JsonFile) -> None:
     lines = raw.split(b"\n")
     first = next(i for i, line in enumerate(lines) if line.strip())
-    for number, line_bytes in enumerate(lines, start=1):
-        if not line_bytes.strip():
-            continue
-        row = JsonRow(f"{name}:{number}", number)
-        result.rows.append(row)
-        try:
-            text = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            row.problem = _utf8_problem(exc, line_bytes, name, number - 1)
-            continue
-        try:
-            row.value = decode_json(text)
-        except _JsonFault as fault:
-            row.problem = _fault_problem(fault, text, row.location, number, name)
-        if number - 1 == first:
-            hint = _whole_file_hint(raw, name, row, lines)
-            if hint is not None:
-                result.rows, result.problems = [], [hint]
-                return
+    head = _json_line(lines[first], first + 1, name)
+    hint = _whole_file_hint(raw, name, head, lines)
+    if hint is not None:
+        result.problems.append(hint)
+    else:
+        result.rows = itertools.chain([head], _json_line_rows(lines, first + 1, name))
+
+
+def _json_line_rows(lines: list[bytes], start: int, name: str) -> Iterator[JsonRow]:
+    for index in range(start, len(lines)):
+        if lines[index].strip():
+            yield _json_line(lines[index], index + 1, name)
+
+
+def _json_line(line_bytes: bytes, number: int, name: str) -> JsonRow:
+    row = JsonRow(f"{name}:{number}", number)
+    try:
+        text = line_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        row.problem = _utf8_problem(exc, line_bytes, name, number - 1)
+        return row
+    try:
+        row.value = decode_json(text)
+    except _JsonFault as fault:
+        row.problem = _fault_problem(fault, text, row.location, number, name)
+    return row
 
 
 def _whole_file_hint(raw: bytes, name: str, row: JsonRow, lines: list[bytes]) -> Problem | None:
     """One clear problem for a whole JSON object or array where one record per line was expected."""
+    records_array = isinstance(row.value, list) and row.value and all(isinstance(x, dict) for x in row.value)
+    if row.problem is None and not records_array:
+        return None  # the first line parsed: only an array of objects alone on its line is a misnamed file
     spread = sum(1 for line in lines if line.strip())
-    if row.problem is None and not (spread == 1 and isinstance(row.value, list) and row.value and all(isinstance(x, dict) for x in row.value)):
-        return None  # a line that parsed: only an array of objects alone on its line is a misnamed file
+    if row.problem is None and spread > 1:
+        return None
     if row.problem is not None:
         try:
             whole = decode_json(raw.decode("utf-8"))
@@ -461,8 +472,7 @@ def _whole_file_hint(raw: bytes, name: str, row: JsonRow, lines: list[bytes]) ->
     return None
 
 
-def _plain_lines(raw: bytes, name: str) -> list[JsonRow]:
-    rows = []
+def _plain_lines(raw: bytes, name: str) -> Iterator[JsonRow]:
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
         if not line_bytes.strip():
             continue
@@ -471,8 +481,7 @@ def _plain_lines(raw: bytes, name: str) -> list[JsonRow]:
             row.value = line_bytes.decode("utf-8").strip()
         except UnicodeDecodeError as exc:
             row.problem = _utf8_problem(exc, line_bytes, name, number - 1)
-        rows.append(row)
-    return rows
+        yield row
 
 
 def problems_error(name: str, problems: list[Problem], footer: str = "") -> DataError:
