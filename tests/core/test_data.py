@@ -33,6 +33,11 @@ CASES = [
     ),
     ("strsub.jsonl", jl({"question": "Q?", "sub_questions": "a? b?"}), ["error:strsub.jsonl:1: sub_questions: must be a non-empty list of strings (got str)"]),
     ("emptysub.jsonl", jl({"question": "Q?", "sub_questions": []}), ["error:emptysub.jsonl:1: sub_questions: must be a non-empty list of strings (got empty list)"]),
+    (
+        "escapekey.jsonl",
+        jl({"question": "Q?", "sub_questions\x1b[2J": ["a?", "b?"]}),
+        ['error:escapekey.jsonl:1: sub_questions: missing (found "sub_questions\\u001b[2J": rename it to "sub_questions")'],
+    ),
     ("nullsub.jsonl", jl({"question": "Q?", "sub_questions": None}), ["error:nullsub.jsonl:1: sub_questions: must be a non-empty list of strings (got null)"]),
     ("intstep.jsonl", jl({"question": "Q?", "sub_questions": ["a?", 3]}), ["error:intstep.jsonl:1: sub_questions: step 2 must be a string (got int)"]),
     ("blankstep.jsonl", jl({"question": "Q?", "sub_questions": ["a?", " \t"]}), ["error:blankstep.jsonl:1: sub_questions: step 2 is blank"]),

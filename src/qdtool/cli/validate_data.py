@@ -21,7 +21,7 @@ Examples:
 
   qdtool validate-data data/*.jsonl --json > report.json
 
-Exit codes: 0 valid (warnings allowed), 1 invalid data, 2 usage error (e.g. a missing file).
+Exit codes: 0 valid (warnings allowed), 1 invalid data, 2 usage error (a missing file, a directory, a FIFO).
 """
 
 

@@ -164,7 +164,8 @@ def _hint(obj: dict[str, Any], wanted: str) -> str:
     candidates = difflib.get_close_matches(wanted, keys, n=1, cutoff=0.6)
     if not candidates and wanted == "sub_questions":
         candidates = [k for k in keys if k.lower() in _FIELD_ALIASES]
-    return f" (found \"{candidates[0]}\": rename it to \"{wanted}\")" if candidates else ""
+    # json.dumps: a key with control characters must not reach the terminal raw
+    return f" (found {json.dumps(candidates[0], ensure_ascii=False)}: rename it to \"{wanted}\")" if candidates else ""
 
 
 def load_records(path: str | Path) -> LoadResult:
