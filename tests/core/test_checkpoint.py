@@ -219,3 +219,25 @@ def test_data_fingerprint_names_the_file_that_changed(tmp_path):
         check_same_data(tmp_path / "step-2", saved, data_fingerprint([train], [val]))
     with pytest.raises(TrainingError, match=r"the eval data no longer includes .*val.jsonl.*new --output-dir"):
         check_same_data(tmp_path / "step-2", saved, data_fingerprint([train], []))
+
+
+@pytest.mark.parametrize("edit", [{"step": "4"}, {"step": -1}, {"supervised_tokens": 1.5}, {"sharded": "yes"},
+                                  {"best_eval_loss": [1]}, {"format": 1}])
+def test_a_tampered_trainer_state_is_refused_with_the_field(tmp_path, tiny_tokenizer, edit):
+    model, optimizer, scheduler = _trained(tiny_tokenizer)
+    path = save_checkpoint(tmp_path / "checkpoints", 2, model, optimizer, scheduler, {"supervised_tokens": 10}, keep=1)
+    state = json.loads((path / "trainer_state.json").read_text())
+    (path / "trainer_state.json").write_text(json.dumps({**state, **edit}))
+    key = next(iter(edit))
+    expected = "format 1; this qdtool reads format 2" if key == "format" else rf"trainer_state.json is damaged .*bad value for {key}"
+    with pytest.raises(TrainingError, match=expected):
+        resumable_state(path)
+
+
+def test_a_checkpoint_without_a_valid_data_record_is_refused(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("{}\n")
+    now = data_fingerprint([train], [])
+    for saved in ({}, {"data": "x"}, {"data": {"train": "abc", "eval": []}}, {"data": {"train": [1], "eval": []}}):
+        with pytest.raises(TrainingError, match="trainer_state.json is damaged .*no valid record of the data"):
+            check_same_data(tmp_path / "step-2", saved, now)

@@ -131,7 +131,26 @@ def resumable_state(path: Path) -> dict[str, Any]:
     if missing:
         raise TrainingError(f"{path} is incomplete (no {', '.join(missing)}); resume from another checkpoint with "
                             f"--resume {path.parent}/step-N, or {_START_OVER}")
+    wrong = [key for key, ok in _STATE_FIELDS.items() if (key in state or key == "step") and not ok(state.get(key))]
+    if wrong:
+        raise _damaged(path / _STATE, ValueError(f"bad value for {', '.join(wrong)}"))
     return state
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+# what the training loop reads back from trainer_state.json, and what each must be
+_STATE_FIELDS = {
+    "step": _count, "processes": _count, "supervised_tokens": _count, "sharded": lambda v: isinstance(v, bool),
+    "train_seconds": _number_or_none, "best_eval_loss": _number_or_none, "first_eval_loss": _number_or_none,
+    "final_eval_loss": _number_or_none, "final_train_loss": _number_or_none,
+}
 
 
 def rng_state() -> dict[str, Any]:
@@ -218,10 +237,11 @@ def check_same_data(checkpoint: Path, saved: dict[str, Any], now: dict[str, list
         TrainingError: names the first file that changed (or was added or removed) and the ways forward.
     """
     before = saved.get("data")
-    if not isinstance(before, dict):
-        return  # a checkpoint without a fingerprint (none is written so): nothing to compare
+    entry = lambda e: isinstance(e, dict) and isinstance(e.get("path"), str)  # noqa: E731
+    if not (isinstance(before, dict) and all(isinstance(before.get(r), list) and all(map(entry, before[r])) for r in ("train", "eval"))):
+        raise _damaged(checkpoint / _STATE, ValueError("no valid record of the data it trained on"))
     for role in ("train", "eval"):
-        for old, new in zip_longest(before.get(role) or [], now.get(role) or []):
+        for old, new in zip_longest(before[role], now.get(role) or []):
             if old == new:
                 continue
             if old is None:
