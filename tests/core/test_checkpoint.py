@@ -197,7 +197,7 @@ def test_disk_full_during_a_save_removes_the_partial_checkpoint_and_keeps_the_la
         return real(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", full)
-    with pytest.raises(WriteError, match=r"no space left on the device holding .*step-0000004.* it needs about \d+\.\d+ GB"):
+    with pytest.raises(WriteError, match=r"no space left on the device holding .*step-0000004.* it needs about \d+\.\d+ [MG]B"):
         save_checkpoint(root, 4, model, optimizer, scheduler, {}, keep=2)
     assert sorted(p.name for p in root.iterdir()) == ["step-0000002"]  # no .tmp-step-* left filling the disk
     monkeypatch.setattr(Path, "write_bytes", real)

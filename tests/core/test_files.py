@@ -45,6 +45,9 @@ def test_disk_full_inside_becomes_a_write_error_with_the_space_needed(tmp_path):
         with atomic_dir(target, needed_bytes=2_500_000_000):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert not target.exists() and _names(tmp_path) == []
+    with pytest.raises(WriteError, match=r"needs about 12\.3 MB"):  # small writes in MB, not "0.01 GB"
+        with atomic_dir(target, needed_bytes=12_300_000):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):

@@ -43,14 +43,18 @@ def write_error(exc: OSError, path: Path, needed_bytes: int | None = None) -> Qd
     code = getattr(exc, "errno", None)
     if code == errno.ENOSPC or code == errno.EDQUOT:
         free = _free_bytes(path)
-        need = f"; it needs about {needed_bytes / 1e9:.2f} GB" if needed_bytes else ""
-        have = f", {free / 1e9:.2f} GB free" if free is not None else ""
+        need = f"; it needs about {_size(needed_bytes)}" if needed_bytes else ""
+        have = f", {_size(free)} free" if free is not None else ""
         return WriteError(f"no space left on the device holding {path}{have}{need}; free some space or write elsewhere")
     if code == errno.EROFS:
         return WriteError(f"cannot write {path}: the file system is read-only; choose an output on a writable disk")
     if code in (errno.EACCES, errno.EPERM):
         return WriteError(f"cannot write {path}: permission denied; choose a directory you can write to")
     return WriteError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _free_bytes(path: Path) -> int | None:
