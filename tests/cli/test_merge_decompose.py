@@ -190,6 +190,70 @@ def test_a_run_without_its_adapter_and_an_adapter_dir_say_what_to_pass(tiny_run,
     assert result.exit_code == 1 and f"pass the run directory instead: --model {tiny_run}" in result.stderr
 
 
+def test_a_mistyped_model_path_is_a_usage_error_at_once(tiny_run, monkeypatch):
+    import time
+
+    import qdtool.core.modeling as modeling
+
+    monkeypatch.chdir(tiny_run.parent.parent)  # runs/tiny exists here
+    monkeypatch.setattr(modeling, "_probe", lambda *a: pytest.fail("the network was asked"))
+    monkeypatch.setattr(modeling, "_unreachable", {})
+    start = time.monotonic()
+    result = runner.invoke(app, ["decompose", "--model", "runs/nope", "Q?"])
+    assert time.monotonic() - start < 2
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: no such directory: runs/nope; runs holds: tiny. Pass a run dir")
+
+
+def test_a_run_on_an_unreachable_hub_model_fails_in_one_line(tiny_run, tmp_path, monkeypatch):
+    """decompose and merge of a run whose base is a hub id that cannot be had: one probe, one line, no loading."""
+    import shutil
+
+    import yaml
+    from huggingface_hub import constants
+
+    import qdtool.core.modeling as modeling
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    settings = yaml.safe_load((run / "run_config.yaml").read_text())
+    (run / "run_config.yaml").write_text(yaml.safe_dump({**settings, "model": "someone/not-cached"}))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    asked = []
+    monkeypatch.setattr(modeling, "_probe", lambda *a: asked.append(a) or "[Errno -2] Name or service not known")
+    monkeypatch.setattr(modeling, "_unreachable", {})
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for command in (["decompose", "--model", str(run), "Q?"], ["merge", str(run), "--output", str(tmp_path / "merged")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: cannot download 'someone/not-cached': https://huggingface.co is unreachable")
+        assert not any("Retrying" in line for line in lines)
+    assert len(asked) == 1  # once per process
+
+
+def test_hf_hub_offline_fails_in_seconds_in_a_fresh_process(tmp_path):
+    """The whole command, imports included, as a user runs it (no network is asked: HF_HUB_OFFLINE=1)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "QDTOOL_DEBUG": ""}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "qdtool", "decompose", "--model", "someone/not-cached", "Q?"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: 'someone/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it "
+        "(there is no directory someone/not-cached here, so it was read as a hub id); unset HF_HUB_OFFLINE on a machine "
+        "with network to download it once, or pass a local model directory or 'embedded'"]
+    assert elapsed < 5, f"{elapsed:.1f} s"
+
+
 def test_a_pickle_adapter_is_refused_by_decompose(tiny_run, tmp_path, monkeypatch):
     import shutil
 

