@@ -76,10 +76,40 @@ def test_missing_file_is_a_usage_error(tmp_path):
 
 def test_warnings_pass_unless_strict(tmp_path):
     path = write(tmp_path / "w.jsonl", GOOD, GOOD)
-    assert invoke(str(path)).exit_code == 0
+    result = invoke(str(path))
+    assert result.exit_code == 0 and "✓ valid: 2 records, 1 warning(s)" in result.output
     result = invoke(str(path), "--strict")
     assert result.exit_code == 1
     assert "duplicate of the question at" in result.output
+    # The verdict must agree with the exit code: no "✓ valid" on a run that fails.
+    assert "✓ valid" not in result.output
+    assert "✗ failed under --strict: 1 warning(s), counted as errors; fix them, or drop --strict to accept warnings" in result.output
+
+
+def test_strict_json_says_invalid_and_why(tmp_path):
+    path = write(tmp_path / "w.jsonl", GOOD, GOOD)
+    loose = json.loads(invoke(str(path), "--json").stdout)
+    assert (loose["valid"], loose["strict"], loose["reason"]) == (True, False, None)
+    result = invoke(str(path), "--strict", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert (report["valid"], report["strict"], report["errors"], report["warnings"]) == (False, True, 0, 1)
+    assert report["reason"] == "1 warning(s) under --strict (warnings count as errors)"
+    assert report["files"][0]["valid"] is False and report["files"][0]["reason"] == report["reason"]
+
+
+def test_strict_over_several_files_names_the_failing_one(tmp_path):
+    warned = write(tmp_path / "w.jsonl", GOOD, GOOD)
+    clean = write(tmp_path / "c.jsonl", GOOD)
+    result = invoke(str(clean), str(warned), "--strict")
+    assert result.exit_code == 1
+    assert "✓ valid: 1 records, 0 warning(s)" in result.output  # c.jsonl passes even under --strict
+    assert "failed under --strict: 2 files, 0 error(s), 1 warning(s)" in result.output
+    report = json.loads(invoke(str(clean), str(warned), "--strict", "--json").stdout)
+    assert [f["valid"] for f in report["files"]] == [True, False] and report["valid"] is False
+    broken = write(tmp_path / "b.jsonl", GOOD, GOOD, {"question": "Q?"})
+    report = json.loads(invoke(str(broken), "--strict", "--json").stdout)
+    assert report["reason"] == "1 error(s), 1 warning(s) under --strict (warnings count as errors)"
 
 
 def test_against_reports_leakage(tmp_path):

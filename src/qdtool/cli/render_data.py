@@ -15,11 +15,13 @@ _BAR_WIDTH = 24
 def render_report(console: Console, report: ValidationReport) -> None:
     for file_report in report.files:
         _render_file(console, file_report)
-    errors = sum(len(f.result.errors) for f in report.files)
-    warnings = sum(len(f.result.warnings) for f in report.files)
     if len(report.files) > 1:
-        verdict = Text("all valid" if report.ok else "invalid", style="bold green" if report.ok else "bold red")
-        console.print(Text.assemble(verdict, f": {len(report.files)} files, {errors} error(s), {warnings} warning(s)"))
+        if report.ok:
+            verdict = Text("all valid", style="bold green")
+        else:
+            verdict = Text("failed under --strict" if report.failed_by_strict else "invalid", style="bold red")
+        summary = f": {len(report.files)} files, {report.errors} error(s), {report.warnings} warning(s)"
+        console.print(Text.assemble(verdict, summary, _strict_hint(report.failed_by_strict)), soft_wrap=True)
 
 
 def _render_file(console: Console, file_report: FileReport) -> None:
@@ -31,11 +33,17 @@ def _render_file(console: Console, file_report: FileReport) -> None:
     if result.records:
         console.print(_stats_table(file_report.stats))
     n_err, n_warn = len(result.errors), len(result.warnings)
-    if result.ok:
+    if file_report.ok:
         console.print(Text.assemble(("✓ valid", "bold green"), f": {len(result.records):,} records, {n_warn} warning(s)"))
+    elif file_report.failed_by_strict:
+        console.print(Text.assemble(("✗ failed under --strict", "bold red"), f": {n_warn} warning(s)", _strict_hint(True)), soft_wrap=True)
     else:
         console.print(Text.assemble(("✗ invalid", "bold red"), f": {n_err} error(s), {n_warn} warning(s)"))
     console.print()
+
+
+def _strict_hint(shown: bool) -> str:
+    return ", counted as errors; fix them, or drop --strict to accept warnings" if shown else ""
 
 
 def _fmt(summary: Summary | None, digits: int = 0) -> str:

@@ -34,7 +34,7 @@ def validate_data(
         Optional[str], typer.Option("--model", "-m", metavar="SPEC", help="Token lengths of the training samples with this tokenizer: 'embedded', a directory or a hub id.")
     ] = None,
     template: Annotated[str, typer.Option(metavar="auto|plain|chat", help="Prompt template for --model (auto: chat template if the model has one).")] = "auto",
-    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors (exit 1).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors: a file with warnings fails (exit 1).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable report on stdout.")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code (for --model).")] = False,
 ) -> None:
@@ -46,13 +46,13 @@ def validate_data(
     quiet_libraries()
     with user_errors():
         with status("loading the tokenizer") as say:
-            report = run(files, against=against or (), model=model, trust_remote_code=trust_remote_code, progress=say, template=template)
-    failed = not report.ok or (strict and any(f.result.warnings for f in report.files))
+            report = run(files, against=against or (), model=model, trust_remote_code=trust_remote_code, strict=strict,
+                         progress=say, template=template)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
         from qdtool.cli.render_data import render_report
 
         render_report(console, report)
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(0 if report.ok else 1)
 
