@@ -93,3 +93,63 @@ def test_broken_predictions_are_located_errors(tmp_path, monkeypatch, content, e
     assert result.exit_code == 1, result.output
     assert expected in result.output
     assert "no prediction matched" not in result.output and "Traceback" not in result.output
+
+
+def _first_ids(n: int) -> list[str]:
+    return [json.loads(line)["id"] for line in VAL.read_text().splitlines()[:n]]
+
+
+def test_limit_scores_the_first_references_of_a_prediction_file(tmp_path):
+    from qdtool.core.evaluation import evaluate, read_predictions
+
+    preds = _predictions(tmp_path, "q.jsonl", lambda r: r["sub_questions"][:1])
+    result = runner.invoke(app, ["eval", "--data", str(VAL), "--predictions", str(preds), "--limit", "8", "--json", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["limit"] == {"first": 8, "of": 200} and report["metrics"]["examples"] == 8
+    # the 192 predictions past the limit are set aside, not "prediction(s) without a reference"
+    assert report["unmatched_predictions"] == [] and report["unmatched_references"] == []
+    assert "without a reference" not in result.output
+    refs = [json.loads(line) for line in VAL.read_text().splitlines()[:8]]
+    assert report["metrics"]["sari"] == pytest.approx(evaluate(refs, read_predictions(preds), "x").metrics["sari"])
+    scored = [json.loads(line)["id"] for line in (tmp_path / "out" / "per_example.jsonl").read_text().splitlines()]
+    assert scored == _first_ids(8)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["limit"] == {"first": 8, "of": 200}
+
+
+def test_limit_needs_predictions_for_the_first_references_only(tmp_path):
+    rows = [json.loads(line) for line in VAL.read_text().splitlines()[:5]]
+    preds = tmp_path / "five.jsonl"
+    preds.write_text("".join(json.dumps({"id": r["id"], "question": r["question"], "sub_questions": [r["question"]]}) + "\n" for r in rows))
+    result = runner.invoke(app, ["eval", "--data", str(VAL), "--predictions", str(preds), "--limit", "5"])
+    assert result.exit_code == 0, result.output
+    assert "--limit: scored the first 5 of 200 references" in result.output and "5 examples" in result.output
+    assert "warning" not in result.output
+    # without --limit the same file leaves 195 references unscored, and says so
+    result = runner.invoke(app, ["eval", "--data", str(VAL), "--predictions", str(preds)])
+    assert "195 reference(s) without a prediction" in result.output and "--limit" not in result.output
+
+
+def test_limit_with_a_model_decomposes_only_the_first_questions(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "--data", str(VAL), "--model", str(tiny_model_dir), "--limit", "3", "--max-new-tokens", "4",
+                                 "--output", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["limit"] == {"first": 3, "of": 200}
+    assert [json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()] == _first_ids(3)
+
+
+def test_limit_applies_to_every_compared_source(tmp_path):
+    a = _predictions(tmp_path, "q.jsonl", lambda r: [r["question"]])
+    b = _predictions(tmp_path, "first.jsonl", lambda r: r["sub_questions"][:1])
+    result = runner.invoke(app, ["eval", "--data", str(VAL), "--compare", str(a), str(b), "--limit", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["limit"] == {"first": 20, "of": 200}
+    assert [(r["limit"], r["metrics"]["examples"]) for r in out["reports"]] == [({"first": 20, "of": 200}, 20)] * 2
+    assert out["sari_difference_vs_first"][1] is not None
+
+
+def test_limit_must_be_positive():
+    result = runner.invoke(app, ["eval", "--data", str(VAL), "--predictions", str(VAL), "--limit", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--limit'" in result.output

@@ -142,3 +142,67 @@ def test_a_failed_report_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(WriteError, match=f"no space left on the device holding {out / 'report.json'}"):
         write_report(report, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old files whole, no temp file left
+
+
+REFS3 = REFS + [{"id": "c", "question": "Is a tomato a fruit?", "sub_questions": ["What is a fruit?", "Is a tomato #1?"]}]
+
+
+def test_a_limit_pairs_the_first_references_and_sets_the_rest_aside():
+    preds = [{"id": r["id"], "question": r["question"], "sub_questions": r["sub_questions"]} for r in REFS3[1:]]  # no "a"
+    preds.append({"id": "z", "question": "?", "sub_questions": []})
+    pairs, missing, extra = pair_up(REFS3, preds, limit=2)
+    # "a" (inside the limit) is missing, "c" (past it) is neither scored nor an unmatched prediction; "z" matches nothing.
+    assert [r["id"] for r, _ in pairs] == ["b"] and missing == ["a"] and extra == ["z"]
+    assert pair_up(REFS3, preds, limit=10) == pair_up(REFS3, preds)
+
+
+def test_a_limit_by_question_text_gives_repeats_past_it_their_own_prediction():
+    refs = [{"question": "Q?", "sub_questions": ["a?"]}, {"question": "Q?", "sub_questions": ["b?"]}]
+    preds = [{"question": "Q?", "sub_questions": ["a?"]}, {"question": "Q?", "sub_questions": ["b?"]}]
+    pairs, missing, extra = pair_up(refs, preds, limit=1)
+    assert [(r["sub_questions"], p["sub_questions"]) for r, p in pairs] == [(["a?"], ["a?"])] and missing == [] and extra == []
+
+
+def test_evaluate_with_a_limit_scores_the_first_n_and_says_so():
+    preds = [{"id": "a", "question": "q", "sub_questions": REFS3[0]["sub_questions"]},
+             {"id": "b", "question": "q", "sub_questions": []}, {"id": "c", "question": "q", "sub_questions": []}]
+    report = evaluate(REFS3, preds, "x", limit=1)
+    assert report.metrics["examples"] == 1 and report.metrics["sari"] == pytest.approx(1.0)
+    assert report.unmatched_references == [] and report.unmatched_predictions == []
+    assert report.to_dict()["limit"] == {"first": 1, "of": 3}
+    assert evaluate(REFS3, preds, "x", limit=5).to_dict()["limit"] == {"first": 3, "of": 3}
+    assert evaluate(REFS3, preds, "x").to_dict()["limit"] is None
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluate(REFS3, preds, "x", limit=0)
+
+
+def test_predict_with_a_limit_generates_only_the_first_questions(monkeypatch):
+    from qdtool.core import generation
+
+    class Decomposer:
+        def __init__(self):
+            self.prompt_options = {}
+
+    asked = []
+
+    class Result:
+        def __init__(self, row):
+            self.row = row
+
+        def to_dict(self):
+            return {**self.row, "sub_questions": [self.row["question"]]}
+
+    def fake_decompose(decomposer, rows, settings):
+        asked.extend(rows)
+        return [Result(r) for r in rows]
+
+    seen_exclude = []
+    monkeypatch.setattr(generation, "load_decomposer", lambda model, progress=None: Decomposer())
+    monkeypatch.setattr(generation, "decompose", fake_decompose)
+    monkeypatch.setattr("qdtool.core.evaluation.few_shot_examples", lambda k, path, exclude: seen_exclude.append(exclude) or [])
+    from qdtool.core.evaluation import predict
+
+    rows = predict(REFS3, "m", shots=2, limit=2)
+    assert [r["id"] for r in asked] == ["a", "b"] and [r["id"] for r in rows] == ["a", "b"]
+    # the demonstrations avoid every reference question, as in a full run, not only the two decomposed
+    assert seen_exclude == [{r["question"] for r in REFS3}]

@@ -21,6 +21,8 @@ Examples:
   qdtool eval --data examples/data/strategyqa_val.jsonl --compare embedded runs/gemma-3-270m-examples
 
   qdtool eval --data refs.jsonl --model embedded --shots 3 --json
+
+  qdtool eval --data examples/data/strategyqa_val.jsonl --model embedded --limit 8    # a quick look
 """
 
 _ROWS = [
@@ -44,6 +46,7 @@ def eval(  # noqa: A001 - the command's name
     shots_from: Annotated[Optional[Path], typer.Option(help="Where the demonstrations come from [default: bundled StrategyQA train].")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation limit per question.")] = 160,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
+    limit: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Score only the first N references of --data (file order); predictions for the others are ignored.")] = None,
 ) -> None:
     """Score decompositions against references: SARI, exact match, step counts, step matching, chrF, BLEU."""
     from qdtool.core.data import read_dataset
@@ -69,10 +72,10 @@ def eval(  # noqa: A001 - the command's name
 
         def run(source: str, is_file: bool):
             if is_file:
-                return evaluate(references, read_predictions(source), str(source)), None
-            with status(f"decomposing {len(references)} questions with {source}") as say:
-                rows = predict(references, source, settings, shots, shots_from, progress=say)
-            return evaluate(references, rows, source + (f" ({shots}-shot)" if shots else "")), rows
+                return evaluate(references, read_predictions(source), str(source), limit), None
+            with status(f"decomposing {len(references[:limit])} questions with {source}") as say:
+                rows = predict(references, source, settings, shots, shots_from, progress=say, limit=limit)
+            return evaluate(references, rows, source + (f" ({shots}-shot)" if shots else ""), limit), rows
 
         if compare:
             reports = [run(s, Path(s).is_file())[0] for s in sources]
@@ -97,7 +100,7 @@ def eval(  # noqa: A001 - the command's name
         intervals = [None] + [paired_bootstrap([e.sari for e in reports[0].examples], [e.sari for e in r.examples]) if
                               [e.question for e in r.examples] == [e.question for e in reports[0].examples] else None for r in reports[1:]]
         if as_json:
-            typer.echo(json.dumps({"reports": [r.to_dict() for r in reports],
+            typer.echo(json.dumps({"limit": reports[0].limit, "reports": [r.to_dict() for r in reports],
                                    "sari_difference_vs_first": [None if i is None else {"mean": i[0], "ci95": [i[1], i[2]]} for i in intervals]},
                                   indent=2, ensure_ascii=False))
         else:
@@ -118,6 +121,9 @@ def _value(key: str, metrics: dict[str, float]) -> str:
 def _table(reports) -> None:
     from rich.table import Table
 
+    limit = reports[0].limit
+    if limit:  # its own line: a table title wraps at the table's width
+        console.print(f"--limit: scored the first {limit['first']} of {limit['of']} references", markup=False, soft_wrap=True)
     table = Table(title=f"{reports[0].metrics['examples']} examples", title_justify="left")
     table.add_column("metric", style="cyan")
     for report in reports:

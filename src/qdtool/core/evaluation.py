@@ -1,7 +1,9 @@
 """`eval`: score decompositions against references, from a prediction file or a model.
 
 Predictions are matched to references by `id` when both have one, else by exact question text;
-whatever stays unmatched is reported, never silently dropped. `compare` scores several sources on
+whatever stays unmatched is reported, never silently dropped. A `limit` scores the first N
+references only; predictions for the references past it are set aside, not reported as unmatched.
+`compare` scores several sources on
 the same references and gives each one's SARI difference to the first with a paired bootstrap 95%
 interval.
 """
@@ -48,10 +50,12 @@ class EvalReport:
     examples: list[ExampleScore]
     unmatched_references: list[str] = field(default_factory=list)
     unmatched_predictions: list[str] = field(default_factory=list)
+    limit: dict[str, int] | None = None  # {"first": N, "of": references in the file} when limited
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "limit": self.limit,
             "metrics": self.metrics,
             "unmatched_references": self.unmatched_references,
             "unmatched_predictions": self.unmatched_predictions,
@@ -100,10 +104,14 @@ def corpus_metrics(examples: Sequence[ExampleScore]) -> dict[str, float]:
     }
 
 
-def pair_up(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]]):
+def pair_up(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]], limit: int | None = None):
     """(reference, prediction) pairs, by id when every row on both sides has one, else by exact
     question text; repeated keys pair in order. Returns the pairs and the unmatched references'
     and predictions' keys (nothing is dropped silently).
+
+    With `limit`, only the first `limit` references are paired or reported missing; the rest
+    still take their predictions, so that those are not reported as predictions without a reference.
+    The key (id or question) is chosen on all the references, as it would be without a limit.
     """
     use_ids = all(r.get("id") is not None for r in references) and all(p.get("id") is not None for p in predictions)
     key = (lambda row: str(row["id"])) if use_ids else (lambda row: row["question"])
@@ -111,10 +119,13 @@ def pair_up(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str
     for prediction in predictions:
         by_key.setdefault(key(prediction), []).append(prediction)
     pairs, missing = [], []
-    for reference in references:
+    for index, reference in enumerate(references):
         waiting = by_key.get(key(reference))
-        if waiting:
-            pairs.append((reference, waiting.pop(0)))
+        prediction = waiting.pop(0) if waiting else None
+        if limit is not None and index >= limit:
+            continue
+        if prediction is not None:
+            pairs.append((reference, prediction))
         else:
             missing.append(key(reference))
     extra = [k for k, rows in by_key.items() for _ in rows]
@@ -171,14 +182,19 @@ def _prediction_problems(value: Any, location: str, line: int | None) -> list[Pr
 
 
 def predict(references: Sequence[dict[str, Any]], model: str, settings: Any = None, shots: int = 0,
-            shots_from: str | Path | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Predictions of a model for the references' questions (through the decompose engine)."""
+            shots_from: str | Path | None = None, progress: Progress | None = None,
+            limit: int | None = None) -> list[dict[str, Any]]:
+    """Predictions of a model for the references' questions (through the decompose engine).
+
+    With `limit`, only the first `limit` questions are decomposed; the demonstrations still avoid
+    every reference question, so they are the ones a full run would use.
+    """
     from qdtool.core.generation import GenerationSettings, decompose, load_decomposer
 
     decomposer = load_decomposer(model, progress=progress)
     if shots:
         decomposer.prompt_options["shots"] = few_shot_examples(shots, shots_from, exclude={r["question"] for r in references})
-    rows = [{"question": r["question"], **({"id": r["id"]} if r.get("id") is not None else {})} for r in references]
+    rows = [{"question": r["question"], **({"id": r["id"]} if r.get("id") is not None else {})} for r in references[:limit]]
     results = decompose(decomposer, rows, settings or GenerationSettings())
     return [r.to_dict() for r in results]
 
@@ -194,10 +210,15 @@ def few_shot_examples(k: int, path: str | Path | None, exclude: set[str]) -> lis
     return [(r.question, r.sub_questions) for r in pool[:k]]
 
 
-def evaluate(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]], source: str) -> EvalReport:
-    pairs, missing, extra = pair_up(references, predictions)
+def evaluate(references: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]], source: str,
+             limit: int | None = None) -> EvalReport:
+    """Score `predictions` against `references` (all of them, or the first `limit`)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit})")
+    pairs, missing, extra = pair_up(references, predictions, limit)
     examples = [score_example(ref, pred) for ref, pred in pairs]
-    return EvalReport(source, corpus_metrics(examples), examples, missing, extra)
+    limited = None if limit is None else {"first": min(limit, len(references)), "of": len(references)}
+    return EvalReport(source, corpus_metrics(examples), examples, missing, extra, limited)
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -243,7 +264,8 @@ def _chart(report: EvalReport) -> bytes:
     bars = ax.barh(labels[::-1], values[::-1], color="#4c72b0")
     ax.bar_label(bars, fmt="%.3f", padding=3)
     ax.set_xlim(0, 1.1)
-    ax.set_title(f"qdtool eval: {report.source} ({report.metrics['examples']} examples)", fontsize=10)
+    limited = f", --limit: first {report.limit['first']} of {report.limit['of']} references" if report.limit else ""
+    ax.set_title(f"qdtool eval: {report.source} ({report.metrics['examples']} examples{limited})", fontsize=10)
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
