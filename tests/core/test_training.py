@@ -17,7 +17,7 @@ import yaml
 from conftest import SLOW_TRAIN
 from qdtool.config import TrainConfig, load_train_config
 from qdtool.core import training
-from qdtool.errors import ConfigError, TrainingError
+from qdtool.errors import ConfigError, QdtoolError, TrainingError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 TESTS = Path(__file__).resolve().parents[1]
@@ -390,3 +390,39 @@ def test_a_full_disk_while_writing_the_adapter_leaves_no_half_adapter(tiny_model
     result = training.train(config)
     assert result.resumed_from == str(out / "checkpoints" / "step-0000002")
     assert (out / "adapter" / "tokenizer_config.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_run_whose_model_failed_to_load_does_not_block_its_directory(tiny_model_dir, data_file, tmp_path):
+    import shutil
+
+    no_weights = tmp_path / "no-weights"  # config and tokenizer load; the weights do not
+    shutil.copytree(tiny_model_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    out = tmp_path / "run"
+    for broken in (no_weights, tmp_path / "nope"):  # a model dir without weights; a mistyped path
+        with pytest.raises(QdtoolError):
+            training.train(make_config(broken, data_file, out, max_steps=2))
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no run_config.yaml left to claim the directory
+    result = training.train(make_config(tiny_model_dir, data_file, out, max_steps=2))  # no --overwrite
+    assert result.steps == 2 and not result.already_complete
+    assert load_train_config(out / "run_config.yaml").model == str(tiny_model_dir)
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_does_not_block_its_directory(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    real = training.answer_loss_sum
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:  # too high a learning rate, say: the loss blows up at step 1
+        patch.setattr(training, "answer_loss_sum", lambda model, batch: (real(model, batch)[0] * float("inf"), 1))
+        with pytest.raises(TrainingError, match="the loss became"):
+            training.train(make_config(tiny_model_dir, data_file, out, lr=1.0))
+    assert load_train_config(out / "run_config.yaml").lr == 1.0 and not (out / "checkpoints").exists()
+    result = training.train(make_config(tiny_model_dir, data_file, out, max_steps=2))  # other settings, no --overwrite
+    assert result.steps == 2 and load_train_config(out / "run_config.yaml").lr == 3e-3
+    assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [0, 1, 2, 2]
+
+    with monkeypatch.context() as patch:  # a run with a checkpoint to resume still holds its directory
+        _stop_after(patch, 1)
+        with pytest.raises(training.TrainingInterrupted):
+            training.train(make_config(tiny_model_dir, data_file, tmp_path / "kept"))
+    with pytest.raises(ConfigError, match=r"different configuration \(differs in: lr\)"):
+        training.train(make_config(tiny_model_dir, data_file, tmp_path / "kept", lr=1e-4))
+

@@ -73,7 +73,12 @@ def _comparable(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare_output_dir(config: TrainConfig, overwrite: bool) -> Path:
-    """Refuse to mix two different runs in one directory; `overwrite` clears a qdtool run dir only."""
+    """Refuse to mix two different runs in one directory; `overwrite` clears a qdtool run dir only.
+
+    A run that left nothing to resume or keep (no checkpoint, no adapter, no summary: its model
+    failed to load, or it stopped before its first checkpoint) does not hold the directory: the
+    next `train` there starts afresh with its own settings, without --overwrite.
+    """
     import yaml
 
     out = Path(config.output_dir)
@@ -87,7 +92,7 @@ def prepare_output_dir(config: TrainConfig, overwrite: bool) -> Path:
             for path in out.iterdir():
                 if path.name != ".lock":
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-        else:
+        elif has_trained(out):  # else nothing there can be resumed or kept: this run's run_config.yaml replaces it
             saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
             now = config.model_dump(mode="json")
             differ = sorted(k for k in set(_comparable(saved)) | set(_comparable(now)) if saved.get(k) != now.get(k))
@@ -98,6 +103,14 @@ def prepare_output_dir(config: TrainConfig, overwrite: bool) -> Path:
                 )
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def has_trained(out: Path) -> bool:
+    """Whether `out` holds something a run trained: a checkpoint to resume, an adapter, a summary."""
+    from qdtool.core.checkpoint import latest_checkpoint
+
+    return ((out / "run_summary.json").is_file() or (out / "adapter").exists()
+            or latest_checkpoint(out / "checkpoints") is not None)
 
 
 def _lock_run_dir(out: Path) -> Any:
@@ -228,11 +241,6 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
         train_records, eval_records = records, eval_given
     else:
         train_records, eval_records = batching.split_eval(records, config.eval_split, config.eval_max_records, config.seed)
-    if dist.main:
-        write_text_atomic(
-            out / "run_config.yaml",
-            f"# written by qdtool train; `qdtool train --config {out / 'run_config.yaml'}` repeats this run\n" + dump_config(config),
-        )
 
     # 2. tokenizer, samples, batch plan
     emit("info", {"message": f"loading {config.model} on {hardware.name} ({hardware.precision})"})
@@ -268,6 +276,11 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     torch.manual_seed(config.seed)  # the same LoRA initialization in every process
     model = adapters.add_lora(adapters.load_base_model(config, hardware, progress, on_cpu=sharded), config)
     torch.manual_seed(config.seed + dist.rank)  # then each process its own dropout masks
+    if dist.main:  # only now: a model that fails to load leaves no run behind to block the directory
+        write_text_atomic(
+            out / "run_config.yaml",
+            f"# written by qdtool train; `qdtool train --config {out / 'run_config.yaml'}` repeats this run\n" + dump_config(config),
+        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     loss_module = None
     if sharded:
