@@ -30,7 +30,7 @@ done
 
 python="${PYTHON:-python3}"
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-  echo "install.sh: qdtool needs Python 3.10 or newer ($python is $("$python" -V 2>&1 || echo missing))" >&2
+  echo "install.sh: Python 3.10 or newer is needed ($python is $("$python" -V 2>&1 || echo missing))" >&2
   exit 1
 fi
 

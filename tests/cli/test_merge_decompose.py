@@ -297,8 +297,13 @@ def planted_run(tiny_run, tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]
 def modules_cache(tmp_path, monkeypatch):
     """Where transformers copies a repo's code before running it: here, not in the user's cache."""
     import transformers.dynamic_module_utils as dynamic
+    from transformers import LlamaConfig
 
     monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    # The planted module's config class is LlamaConfig itself: loading it with remote code marks
+    # LlamaConfig as a custom class (`_auto_class`), and every later save_pretrained of a Llama
+    # model would then try to copy its "custom" code. Put it back after the test.
+    monkeypatch.setattr(LlamaConfig, "_auto_class", LlamaConfig._auto_class)
 
 
 def test_a_run_dir_never_switches_on_remote_code(planted_run, modules_cache, tmp_path):
