@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qdtool.config import TrainConfig, dump_config
+from qdtool.core.cards import DataFile, adapter_card, record_base_model
 from qdtool.core.distributed import Dist, init_from_env
 from qdtool.core.files import WriteError, atomic_dir, ensure_writable_dir, write_text_atomic
 from qdtool.core.loss import answer_loss_sum
@@ -214,7 +215,8 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
         "eval_data": Path(config.eval_data).resolve() if config.eval_data else None,
     })
     train_files = [Path(config.data)] if config.data else default_train_files()
-    records = [r for path in train_files for r in read_dataset(path)]
+    per_file = [read_dataset(path) for path in train_files]
+    records = [r for rows in per_file for r in rows]
     eval_given = read_dataset(config.eval_data) if config.eval_data else None
     explicit = resume not in ("auto", "never")
     if explicit and not checkpoint.is_checkpoint(Path(resume)):
@@ -234,6 +236,9 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
         raise ConfigError(f"{out} already holds this run and --resume never was given; pass --overwrite to start again")
     start_from = Path(resume) if explicit else (checkpoint.latest_checkpoint(out / "checkpoints") if resume == "auto" else None)
     data = checkpoint.data_fingerprint(train_files, [Path(config.eval_data)] if config.eval_data else [])
+    counts = {"train": [len(rows) for rows in per_file], "eval": [len(eval_given)] if eval_given is not None else []}
+    data_files = [DataFile(role, Path(entry["path"]), n, entry["sha256"]) for role in ("train", "eval")
+                  for entry, n in zip(data[role], counts[role])]  # for the adapter's card
     if start_from is not None:  # an old, damaged or other-data checkpoint stops here, before anything loads
         checkpoint.check_same_data(start_from, checkpoint.resumable_state(start_from), data)
 
@@ -395,16 +400,6 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     if not dist.main:  # the first process writes the adapter and the summary
         dist.barrier()
         return result
-    try:
-        with atomic_dir(out / "adapter") as tmp:  # a kill or a full disk leaves no half adapter
-            model.save_pretrained(str(tmp), **whole)
-            tokenizer.save_pretrained(str(tmp))
-    except WriteError as exc:
-        kept = checkpoint.latest_checkpoint(out / "checkpoints")
-        again = f"resumes from {kept}" if kept else "trains it again (no checkpoint was due before the end)"
-        raise TrainingError(f"{exc}. The adapter was not written; once there is room, the same command {again}") from None
-    plot_losses(metrics.rows(), out / "loss.png")
-    result.steps = total_steps
     result.supervised_tokens = state["supervised_tokens"]
     result.train_seconds = state["train_seconds"]
     result.supervised_tokens_per_s = state["supervised_tokens"] / max(state["train_seconds"], 1e-9)
@@ -412,6 +407,17 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     result.final_train_loss = state.get("final_train_loss")
     result.final_eval_loss = state.get("final_eval_loss")
     result.peak_memory_gb = _peak_memory_gb(hardware.device)
+    try:
+        with atomic_dir(out / "adapter") as tmp:  # a kill or a full disk leaves no half adapter
+            model.save_pretrained(str(tmp), **whole)
+            tokenizer.save_pretrained(str(tmp))
+            record_base_model(tmp, config)  # not this machine's cache path
+            (tmp / "README.md").write_text(adapter_card(out, config, result, data_files), encoding="utf-8")  # not PEFT's empty one
+    except WriteError as exc:
+        kept = checkpoint.latest_checkpoint(out / "checkpoints")
+        again = f"resumes from {kept}" if kept else "trains it again (no checkpoint was due before the end)"
+        raise TrainingError(f"{exc}. The adapter was not written; once there is room, the same command {again}") from None
+    plot_losses(metrics.rows(), out / "loss.png")
     write_text_atomic(out / "run_summary.json", json.dumps(result.to_dict(), indent=2))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the adapter is final; checkpoints only served resume
     emit("done", result.to_dict())
