@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from qdtool.cli.app import app
 from qdtool.config import dump_config, load_train_config
+from qdtool.errors import ConfigError
 
 
 @pytest.fixture
@@ -41,5 +42,9 @@ def test_a_resume_without_the_flag_is_the_same_run(planted_config):
     """The flag is not part of what a run learns: leaving it off does not make the run dir "another run"."""
     from qdtool.core.training import prepare_output_dir
 
+    (planted_config.parent / "adapter").mkdir(exist_ok=True)  # a run that trained: its settings are compared
     config = load_train_config(None, {"model": "someone/model", "output_dir": str(planted_config.parent)})
     assert prepare_output_dir(config, overwrite=False) == planted_config.parent  # the saved file says true
+    other = load_train_config(None, {"model": "someone/model", "lr": 1e-3, "output_dir": str(planted_config.parent)})
+    with pytest.raises(ConfigError, match="differs in: lr"):  # the comparison is live: a real difference is refused
+        prepare_output_dir(other, overwrite=False)
