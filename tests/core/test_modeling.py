@@ -168,6 +168,71 @@ def test_load_local_model_and_tokenizer(tiny_model_dir, tiny_tokenizer):
     assert model.config.num_hidden_layers == 2
 
 
+TEXTS = ["Was Aristotle alive when the laptop was invented?", "세종대왕은 언제 태어났는가?", "  two  spaces\n\nand\ttabs ",
+         "<bos>Is #2 before #1?<eos><pad>", "emoji 🤖, é, ß, \x00", ""]
+
+
+def _assert_same_tokenizer(got, expected) -> None:
+    for text in TEXTS:
+        for special in (True, False):
+            ids = expected(text, add_special_tokens=special)["input_ids"]
+            assert got(text, add_special_tokens=special)["input_ids"] == ids, (text, special)
+            assert got.decode(ids) == expected.decode(ids)
+            assert got.decode(ids, skip_special_tokens=True) == expected.decode(ids, skip_special_tokens=True)
+    got_batch, expected_batch = got(TEXTS, padding=True), expected(TEXTS, padding=True)
+    assert got_batch["input_ids"] == expected_batch["input_ids"]
+    assert got_batch["attention_mask"] == expected_batch["attention_mask"]
+    assert got.all_special_tokens == expected.all_special_tokens and got.get_added_vocab() == expected.get_added_vocab()
+    assert (got.bos_token, got.eos_token, got.pad_token, got.padding_side, len(got)) == \
+        (expected.bos_token, expected.eos_token, expected.pad_token, expected.padding_side, len(expected))
+
+
+def test_a_plain_fast_tokenizer_is_built_from_its_file_alone(tiny_model_dir, tiny_chat_tokenizer, tmp_path, monkeypatch):
+    import json as _json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    expected = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    real = AutoTokenizer.from_pretrained.__func__
+    calls = []
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: calls.append(a[0]) or real(cls, *a, **k)))
+    _assert_same_tokenizer(load_tokenizer(str(tiny_model_dir)), expected)
+    assert calls == []  # tokenizer.json parsed once, by tokenizers
+    # anything the file does not hold goes through AutoTokenizer: a chat template, an unknown key
+    chat = tmp_path / "chat"
+    tiny_chat_tokenizer.save_pretrained(chat)
+    assert load_tokenizer(str(chat)).chat_template == tiny_chat_tokenizer.chat_template
+    extra = tmp_path / "extra"
+    shutil.copytree(tiny_model_dir, extra)
+    config = _json.loads((extra / "tokenizer_config.json").read_text())
+    (extra / "tokenizer_config.json").write_text(_json.dumps({**config, "add_eos_token": True}))
+    assert load_tokenizer(str(extra))("Q?")["input_ids"][0] == expected.bos_token_id
+    assert calls == [str(chat), str(extra)]
+
+
+def test_the_embedded_cache_tokenizer_is_built_from_its_file(tiny_model_dir, tmp_path, monkeypatch):
+    """The embedded cache says GemmaTokenizer, whose default padding side is left; the fast one keeps it."""
+    import json as _json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    cache = tmp_path / "models" / "gemma"
+    shutil.copytree(tiny_model_dir, cache)
+    config = _json.loads((cache / "tokenizer_config.json").read_text())
+    (cache / "tokenizer_config.json").write_text(_json.dumps({**config, "tokenizer_class": "GemmaTokenizer",
+                                                              "is_local": True, "local_files_only": False}))
+    (cache / "qdtool-cache.json").write_text("{}")
+    monkeypatch.setattr(modeling, "embedded_cache_dir", lambda: cache)
+    expected = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("AutoTokenizer was used"))
+    tokenizer = load_tokenizer("embedded")
+    assert tokenizer.padding_side == "left"
+    expected.padding_side = "left"
+    _assert_same_tokenizer(tokenizer, expected)
+
+
 def test_pickle_weights_are_refused_before_they_are_opened(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
@@ -295,3 +360,25 @@ def test_embedded_cache_reloads_with_identical_logits(use_embedded_cache):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert not hasattr(cached.config, "quantization_config")
     assert tokenizer.eos_token == "<eos>" and tokenizer.bos_token == "<bos>"
+    # the tokenizer the conversion wrote (read from the GGUF without AutoTokenizer) and loads from
+    # its tokenizer.json alone encodes as AutoTokenizer does from the GGUF itself
+    from transformers import AutoTokenizer
+
+    _assert_same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name))
+
+
+@pytest.mark.embedded
+def test_embedded_tokenizer_from_its_file_encodes_as_gemmas(use_embedded_cache, tmp_path):
+    """The fast tokenizer built from the cache's tokenizer.json equals the GemmaTokenizer that
+    AutoTokenizer builds from the same directory, and so does the copy a run saves."""
+    from transformers import AutoTokenizer
+
+    expected = AutoTokenizer.from_pretrained(str(modeling.ensure_embedded()))
+    assert type(expected).__name__ == "GemmaTokenizer"
+    fast = load_tokenizer("embedded")
+    assert type(fast).__name__ != "GemmaTokenizer"
+    _assert_same_tokenizer(fast, expected)
+    assert [fast.convert_tokens_to_ids(t) for t in ("<start_of_turn>", "<end_of_turn>")] == \
+        [expected.convert_tokens_to_ids(t) for t in ("<start_of_turn>", "<end_of_turn>")]
+    fast.save_pretrained(tmp_path / "adapter")  # as `train` does
+    _assert_same_tokenizer(load_tokenizer(str(tmp_path / "adapter")), expected)
