@@ -335,7 +335,9 @@ def model_location(spec: str, progress: Progress | None = None) -> str:
     return str(ensure_embedded(progress)) if source.kind == "embedded" else source.location
 
 
-def _cache_only_kwargs(spec: str) -> dict[str, Any]:
+def hub_kwargs(spec: str) -> dict[str, Any]:
+    """Extra `from_pretrained` arguments for a spec that `check_available` has seen: a hub model
+    that must load from the local cache (the hub is unreachable) gets local_files_only=True."""
     return {"local_files_only": True} if spec.strip() in _cache_only else {}
 
 
@@ -349,7 +351,7 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False, progress: Prog
     try:
         tokenizer = _plain_tokenizer(Path(location), embedded=spec.strip() == EMBEDDED) if Path(location).is_dir() else None
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **_cache_only_kwargs(spec))
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **hub_kwargs(spec))
     except (OSError, ValueError) as exc:
         raise ModelError(_load_failure(spec, "tokenizer", exc)) from exc
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -422,7 +424,7 @@ def load_model(
             quantization_config=quantization_config,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
-            **_cache_only_kwargs(spec),
+            **hub_kwargs(spec),
         )
     except (OSError, ValueError) as exc:
         raise ModelError(_load_failure(spec, "model", exc)) from exc
