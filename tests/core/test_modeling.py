@@ -142,10 +142,13 @@ def test_an_unreachable_hub_loads_a_cached_model_from_the_cache(tiny_model_dir, 
     assert said == ["https://huggingface.co is unreachable (timed out): loading someone/tiny from the local Hugging Face cache"]
 
 
-def test_the_probe_tells_an_answer_from_no_connection():
+def test_the_probe_tells_an_answer_from_no_connection(monkeypatch):
     import http.server
     import socket
     import threading
+
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # the local servers below are reached directly
 
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to HEAD
     threading.Thread(target=server.handle_request, daemon=True).start()
