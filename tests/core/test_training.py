@@ -282,7 +282,7 @@ def test_lr_schedule_warms_up_from_above_zero_and_decays_as_named(kind):
     """Against a direct computation: warm-up step k at (k + 1) / (w + 1) of the peak, then the decay."""
     import math
 
-    from qdtool.core.adapters import build_scheduler
+    from qdtool.core.training.optim import build_scheduler
 
     config = TrainConfig(lr=1e-3, warmup_ratio=0.1, scheduler=kind)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=config.lr)

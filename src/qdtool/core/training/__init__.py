@@ -24,6 +24,7 @@ from qdtool.core.cards import DataFile, adapter_card, record_base_model
 from qdtool.core.distributed import Dist, init_from_env
 from qdtool.core.files import WriteError, atomic_dir, ensure_writable_dir, write_text_atomic
 from qdtool.core.loss import answer_loss_sum
+from qdtool.core.training.optim import build_optimizer, build_scheduler
 from qdtool.errors import ConfigError, TrainingError, TrainingInterrupted
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -302,8 +303,8 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
             return loss_sum, int(count)
         return answer_loss_sum(model, batch)
 
-    optimizer = adapters.build_optimizer(model, config, hardware)
-    scheduler = adapters.build_scheduler(optimizer, config, total_steps)
+    optimizer = build_optimizer(model, config, hardware)
+    scheduler = build_scheduler(optimizer, config, total_steps)
     autocast = torch.autocast(device_type=hardware.device, dtype=hardware.dtype) if hardware.precision != "fp32" else None
     scaler = torch.amp.GradScaler("cuda") if hardware.precision == "fp16" else None
     start_step, state = 0, {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0,
