@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -32,70 +33,50 @@ recent run under runs/.
 
 
 def decompose(
-    question: Annotated[Optional[str], typer.Argument(metavar="QUESTION", help="One question (or use --input).", show_default=False)] = None,
-    input: Annotated[Optional[str], typer.Option("--input", "-i", metavar="FILE|-", help="JSONL / JSON records with \"question\", or plain lines; - reads stdin.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Append JSONL results here as they finish (input fields such as id are kept); a rerun skips the questions already there.")] = None,
+    question: Annotated[Optional[str], typer.Argument(
+        metavar="QUESTION", help="One question (or use --input).", show_default=False)] = None,
+    input: Annotated[Optional[str], typer.Option(
+        "--input", "-i", metavar="FILE|-", help="JSONL / JSON records with \"question\", or plain lines; - reads stdin.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o",
+        help="Append JSONL results here as they finish (input fields such as id are kept); "
+        "a rerun skips the questions already there.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output instead of continuing it.")] = False,
     format: Annotated[str, typer.Option("--format", "-f", metavar="text|json|jsonl", help="How to print results on stdout.")] = "text",
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="SPEC", help="Run dir, merged dir, hub id or 'embedded' [default: the latest run in runs/].", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", metavar="SPEC", help="Run dir, merged dir, hub id or 'embedded' [default: the latest run in runs/].",
+        show_default=False)] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate at most per question.")] = 256,
-    max_input_tokens: Annotated[int, typer.Option(min=1, help="Prompt tokens per question at most (also capped by the model's context); longer questions are refused.")] = 1024,
+    max_input_tokens: Annotated[int, typer.Option(
+        min=1, help="Prompt tokens per question at most (also capped by the model's context); longer questions are refused.")] = 1024,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).")] = 1.0,
     num_return_sequences: Annotated[int, typer.Option(min=1, help="Decompositions per question (sampling).")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
     device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where to run.")] = "auto",
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code (never taken from a run directory).")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run the model repo's own code (never taken from a run directory).")] = False,
 ) -> None:
     """Split complex questions into simple sub-questions with a trained decomposer."""
-    from qdtool.core.generation import GenerationSettings, decompose_stream, load_decomposer, read_questions
+    from qdtool.core.generation import GenerationSettings, load_decomposer
     from qdtool.core.results import ResultsFile
 
     quiet_libraries()
-    results: list = []
     sink = None
     try:
         with user_errors():
-            if format not in ("text", "json", "jsonl"):
-                raise UsageError("--format must be text, json or jsonl")
-            if (question is None) == (input is None):
-                raise UsageError("pass one QUESTION or --input FILE (or --input - for stdin)")
-            if question is not None and not question.strip():
-                raise UsageError("QUESTION is empty; pass the question to decompose")
-            if num_return_sequences > 1 and temperature == 0:
-                raise UsageError("--num-return-sequences > 1 needs sampling: add --temperature 0.7 (for example)")
-            rows = [{"question": question}] if question is not None else read_questions(input, sys.stdin.buffer.read() if input == "-" else None)
+            rows = _read_rows(question, input, format, num_return_sequences, temperature)
             settings = GenerationSettings(max_new_tokens, temperature, top_p, num_return_sequences, batch_size, max_input_tokens)
             numbers = list(range(1, len(rows) + 1))  # each row's place in the input, for messages
             if output is not None:  # before the model loads: a bad --output fails in a second, not after the work
                 sink = ResultsFile(output, overwrite=overwrite)
-                todo = sink.pending(rows)
-                if len(todo) < len(rows):
-                    err_console.print(f"skipping {len(rows) - len(todo)} question(s) already in {output} (--overwrite starts over)",
-                                      style="dim", markup=False)
-                rows, numbers = [rows[i] for i in todo], [i + 1 for i in todo]
+                rows, numbers = _skip_done(sink, rows, output)
                 if not rows:
-                    err_console.print(f"all questions are already in {output}; nothing to do", markup=False)
                     return
             with status("loading the model") as say:
                 decomposer = load_decomposer(model, device=device, trust_remote_code=trust_remote_code, progress=say)
             source = None if question is not None else ("<stdin>" if input == "-" else str(input))
-            stream = len(rows) == 1 and format == "text" and console.is_terminal and output is None and num_return_sequences == 1
-            if stream:
-                console.print(rows[0]["question"], style="bold", markup=False)
-                results = list(decompose_stream(decomposer, rows, settings, source=source, numbers=numbers,
-                                                on_text=lambda text: console.print(text, end="", markup=False, highlight=False)))
-                console.print()
-            else:
-                with _progress(len(rows)) as progress:
-                    for result in decompose_stream(decomposer, rows, settings, progress=progress, source=source, numbers=numbers):
-                        results.append(result)
-                        if sink is not None:
-                            sink.append(result.to_dict())
-                        if format == "jsonl":
-                            typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-                        elif format == "text":
-                            _print_text(result)
+            results = _generate(decomposer, rows, numbers, settings, source, format, sink)
     except KeyboardInterrupt:
         kept = f"; {sink.written} new result(s) are in {output}: run the same command again to continue" if sink is not None else ""
         err_console.print(f"interrupted{kept}", style="yellow", markup=False)
@@ -103,13 +84,70 @@ def decompose(
     finally:
         if sink is not None:
             sink.close()
+    _summarize(results, sink, output, format)
+
+
+def _read_rows(question: str | None, input: str | None, format: str, num_return_sequences: int, temperature: float) -> list[dict]:
+    """Check the options that need no model, then read the questions (from QUESTION, a file or stdin)."""
+    from qdtool.core.generation import read_questions
+
+    if format not in ("text", "json", "jsonl"):
+        raise UsageError("--format must be text, json or jsonl")
+    if (question is None) == (input is None):
+        raise UsageError("pass one QUESTION or --input FILE (or --input - for stdin)")
+    if question is not None and not question.strip():
+        raise UsageError("QUESTION is empty; pass the question to decompose")
+    if num_return_sequences > 1 and temperature == 0:
+        raise UsageError("--num-return-sequences > 1 needs sampling: add --temperature 0.7 (for example)")
+    if question is not None:
+        return [{"question": question}]
+    return read_questions(input, sys.stdin.buffer.read() if input == "-" else None)
+
+
+def _skip_done(sink, rows: list[dict], output: Path) -> tuple[list[dict], list[int]]:
+    """The rows not yet in --output, and their places in the input (1-based)."""
+    todo = sink.pending(rows)
+    if len(todo) < len(rows):
+        err_console.print(f"skipping {len(rows) - len(todo)} question(s) already in {output} (--overwrite starts over)",
+                          style="dim", markup=False)
+    if not todo:
+        err_console.print(f"all questions are already in {output}; nothing to do", markup=False)
+    return [rows[i] for i in todo], [i + 1 for i in todo]
+
+
+def _generate(decomposer, rows: list[dict], numbers: list[int], settings, source: str | None, format: str, sink) -> list:
+    """Decompose every row: streamed token by token for one question on a terminal, else printed (and saved) as each finishes."""
+    from qdtool.core.generation import decompose_stream
+
+    stream = len(rows) == 1 and format == "text" and console.is_terminal and sink is None and settings.num_return_sequences == 1
+    if stream:
+        console.print(rows[0]["question"], style="bold", markup=False)
+        results = list(decompose_stream(decomposer, rows, settings, source=source, numbers=numbers,
+                                        on_text=lambda text: console.print(text, end="", markup=False, highlight=False)))
+        console.print()
+        return results
+    results = []
+    with _progress(len(rows)) as progress:
+        for result in decompose_stream(decomposer, rows, settings, progress=progress, source=source, numbers=numbers):
+            results.append(result)
+            if sink is not None:
+                sink.append(result.to_dict())
+            if format == "jsonl":
+                typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+            elif format == "text":
+                _print_text(result)
+    return results
+
+
+def _summarize(results: list, sink, output: Path | None, format: str) -> None:
     if sink is not None:
         err_console.print(f"wrote {sink.written} result(s) to {output}", style="dim", markup=False)
     if format == "json":
         typer.echo(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2))
     failed = sum(1 for r in results if not r.parse_ok)
     if failed:
-        err_console.print(f"warning: {failed} of {len(results)} output(s) did not parse into sub-questions (parse_ok=false; raw text kept)", style="yellow", markup=False)
+        err_console.print(f"warning: {failed} of {len(results)} output(s) did not parse into sub-questions (parse_ok=false; raw text kept)",
+                          style="yellow", markup=False)
 
 
 # Off a terminal (logs, CI), a progress line at most this often, and at the end.
@@ -117,7 +155,7 @@ LOG_EVERY_S = 10.0
 
 
 @contextmanager
-def _progress(total: int) -> Iterator[Optional[Callable[[int, int], None]]]:
+def _progress(total: int) -> Iterator[Callable[[int, int], None] | None]:
     """A bar on a terminal; plain lines in logs; nothing for one question."""
     if total == 1:
         yield None
@@ -137,7 +175,8 @@ def _progress(total: int) -> Iterator[Optional[Callable[[int, int], None]]]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]decompose"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err_console) as bar:
+    columns = TextColumn("[bold]decompose"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+    with Progress(*columns, console=err_console) as bar:
         task = bar.add_task("decompose", total=total)
         yield lambda done, total: bar.update(task, completed=done)
 
