@@ -41,3 +41,16 @@ def test_the_loss_plot_is_a_whole_png_or_nothing(tmp_path):
     path = plot_losses([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval_loss": 1.7}], tmp_path / "loss.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png"]
+
+
+def test_a_fresh_run_empties_metrics_and_a_torn_line_never_breaks_reading(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n')
+    metrics = MetricsFile(path, start_step=0)  # not a resume: the old curve goes
+    assert path.read_text() == "" and metrics.rows() == []
+    metrics.write({"step": 1, "loss": 1.5, "run": "실험"})
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"step": 2, "lo')  # killed mid-line
+    assert metrics.rows() == [{"step": 1, "loss": 1.5, "run": "실험"}]
+    resumed = MetricsFile(path, start_step=5)
+    assert path.read_text(encoding="utf-8") == '{"step": 1, "loss": 1.5, "run": "실험"}\n' and resumed.rows()[0]["step"] == 1

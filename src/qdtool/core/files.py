@@ -8,18 +8,23 @@ Rules (docs/design.md, "Files"):
   either the old directory or the new one, plus a temp dir that the next write removes.
 - A write that fails (disk full, read-only, no permission) removes its partial output and raises a
   QdtoolError that says where, why, and how much space the write needed when known.
+- qdtool's own JSON files (run_summary.json, trainer_state.json, metrics.jsonl, ...) are read and
+  written by the functions below, in one format: UTF-8, no \\u escapes, one value per line in JSONL.
+  What a user gives (training data) is read by core/data.py instead, with located data errors.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from qdtool.errors import QdtoolError, UsageError
 
@@ -29,6 +34,10 @@ _OLD_PREFIX = ".old-"
 
 class WriteError(QdtoolError):
     """The file system refused a write (full, read-only, no permission)."""
+
+
+class DamagedFileError(QdtoolError):
+    """One of qdtool's own files is not valid JSON (cut short, edited, or another program's); its cause is the parse error."""
 
 
 def tree_size(path: Path) -> int:
@@ -115,12 +124,81 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise write_error(exc, path, len(data)) from None
 
 
-def remove_stale_temps(parent: Path, name: str) -> None:
-    """Remove temp and set-aside dirs that a killed write of `parent/name` left behind."""
+def dump_json(value: Any, *, sort_keys: bool = False) -> str:
+    """`value` as qdtool writes a JSON file: indented, UTF-8 characters as they are, a final newline."""
+    return json.dumps(value, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+
+
+def write_json_atomic(path: Path, value: Any, *, sort_keys: bool = False) -> None:
+    """Replace `path` with `value` as JSON (see `dump_json`), atomically."""
+    write_text_atomic(path, dump_json(value, sort_keys=sort_keys))
+
+
+def read_json(path: Path, default: Any = ...) -> Any:
+    """The value in one of qdtool's own JSON files; `default` (when given) if there is no such file.
+
+    Raises:
+        DamagedFileError: the file is not valid UTF-8 JSON.
+        OSError: it cannot be read (or is missing, without `default`).
+    """
+    path = Path(path)
+    try:
+        return parse_json(path.read_bytes())
+    except FileNotFoundError:
+        if default is ...:
+            raise
+        return default
+    except ValueError as exc:
+        raise DamagedFileError(f"{path} is not valid JSON ({str(exc)[:200]}): it was cut short, edited, or is not qdtool's") from exc
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """One JSON document or JSONL line. Raises ValueError (bad UTF-8, bad JSON, absurd nesting)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def json_line(value: Any) -> str:
+    """`value` as one JSONL line, newline included."""
+    return json.dumps(value, ensure_ascii=False) + "\n"
+
+
+def read_json_lines(path: Path) -> list[Any]:
+    """The values of a JSONL file that qdtool appends to, skipping blank lines and lines that are not JSON
+    (the last one may be cut short by a kill); [] when there is no file."""
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    values = []
+    for line in lines:
+        try:
+            values.append(parse_json(line))
+        except ValueError:
+            continue
+    return values
+
+
+def append_json_line(path: Path, value: Any) -> None:
+    """Append `value` as one whole line (a kill leaves at most a torn last line, which `read_json_lines` skips)."""
+    line = json_line(value)
+    try:
+        with Path(path).open("a", encoding="utf-8") as f:
+            f.write(line)
+    except OSError as exc:
+        raise write_error(exc, Path(path), len(line.encode("utf-8"))) from None
+
+
+def remove_stale_temps(parent: Path, name: str | None = None) -> None:
+    """Remove temp and set-aside dirs that a killed write of `parent/name` (of anything in `parent`
+    when `name` is None) left behind."""
     if not parent.is_dir():
         return
+    prefixes = (_TMP_PREFIX, _OLD_PREFIX) if name is None else (f"{_TMP_PREFIX}{name}-", f"{_OLD_PREFIX}{name}-")
     for stale in parent.iterdir():
-        if stale.name.startswith((f"{_TMP_PREFIX}{name}-", f"{_OLD_PREFIX}{name}-")):
+        if stale.name.startswith(prefixes):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 

@@ -6,12 +6,12 @@ tracking never kills training.
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from qdtool.core.files import write_bytes_atomic, write_error, write_text_atomic
+from qdtool.core.files import append_json_line, json_line, read_json_lines, write_bytes_atomic, write_text_atomic
 
 Warn = Callable[[str], None]
 
@@ -21,26 +21,16 @@ class MetricsFile:
 
     def __init__(self, path: Path, start_step: int) -> None:
         self.path = path
-        kept = []
-        if path.exists() and start_step > 0:
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= start_step:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    continue
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
+        rows = self.rows() if start_step > 0 else []
+        kept = [row for row in rows if isinstance(row, dict) and row.get("step", 0) <= start_step]
+        write_text_atomic(path, "".join(json_line(row) for row in kept))
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (a kill leaves at most a torn last line, which a resume drops)."""
-        try:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as exc:
-            raise write_error(exc, self.path) from None
+        append_json_line(self.path, row)
 
     def rows(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_json_lines(self.path)
 
 
 def wandb_logged_in() -> bool:
@@ -123,9 +113,9 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
-        ax.plot(*zip(*train), label="train loss", linewidth=1)
+        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
     if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
     ax.grid(alpha=0.3)
