@@ -36,46 +36,41 @@ _ROWS = [
 
 def eval(  # noqa: A001 - the command's name
     data: Annotated[Path, typer.Option("--data", "-d", help="Reference decompositions (JSON/JSONL records).")],
-    sources: Annotated[Optional[list[str]], typer.Argument(metavar="[SOURCE]...", help="With --compare: run dirs, models or prediction files.", show_default=False)] = None,
-    predictions: Annotated[Optional[Path], typer.Option("--predictions", "-p", help="Score this JSONL/JSON file of {question, sub_questions, id?}.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="SPEC", help="Generate predictions with this run dir, merged dir, hub id or 'embedded'.")] = None,
+    sources: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[SOURCE]...", help="With --compare: run dirs, models or prediction files.", show_default=False)] = None,
+    predictions: Annotated[Optional[Path], typer.Option(
+        "--predictions", "-p", help="Score this JSONL/JSON file of {question, sub_questions, id?}.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", metavar="SPEC", help="Generate predictions with this run dir, merged dir, hub id or 'embedded'.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Score every SOURCE on the same references, side by side.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write report.json, per_example.jsonl, predictions.jsonl and metrics.png here.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write report.json, per_example.jsonl, predictions.jsonl and metrics.png here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     shots: Annotated[int, typer.Option(min=0, help="Few-shot demonstrations in the prompt (for models not fine-tuned).")] = 0,
-    shots_from: Annotated[Optional[Path], typer.Option(help="Where the demonstrations come from [default: bundled StrategyQA train].")] = None,
+    shots_from: Annotated[Optional[Path], typer.Option(
+        help="Where the demonstrations come from [default: bundled StrategyQA train].")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation limit per question.")] = 160,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
-    limit: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Score only the first N references of --data (file order); predictions for the others are ignored.")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        min=1, metavar="N",
+        help="Score only the first N references of --data (file order); predictions for the others are ignored.")] = None,
 ) -> None:
     """Score decompositions against references: SARI, exact match, step counts, step matching, chrF, BLEU."""
     from qdtool.core.data import read_dataset
-    from qdtool.core.evaluation import evaluate, paired_bootstrap, predict, read_predictions, write_jsonl, write_report
+    from qdtool.core.evaluation import write_jsonl, write_report
     from qdtool.core.files import ensure_writable_dir
     from qdtool.core.generation import GenerationSettings
 
     quiet_libraries()
     with user_errors():
-        if compare:
-            if not sources or len(sources) < 2:
-                raise UsageError("--compare needs at least two SOURCEs (run dirs, models or prediction files)")
-            if output is not None or predictions is not None or model is not None:
-                raise UsageError("--compare takes its sources as arguments; --output, --predictions and --model work on one source")
-        elif sources:
-            raise UsageError(f"unexpected argument {sources[0]!r}; use --compare to score several sources")
-        elif (predictions is None) == (model is None):
-            raise UsageError("pass --predictions FILE or --model SPEC (or --compare SOURCE SOURCE ...)")
+        _check_sources(sources, compare, predictions, model, output)
         if output is not None:
             ensure_writable_dir(output)  # now, not after minutes of generation
         references = [r.to_dict() for r in read_dataset(data)]
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
 
         def run(source: str, is_file: bool):
-            if is_file:
-                return evaluate(references, read_predictions(source), str(source), limit), None
-            with status(f"decomposing {len(references[:limit])} questions with {source}") as say:
-                rows = predict(references, source, settings, shots, shots_from, progress=say, limit=limit)
-            return evaluate(references, rows, source + (f" ({shots}-shot)" if shots else ""), limit), rows
+            return _score(references, source, is_file, settings, shots, shots_from, limit)
 
         if compare:
             reports = [run(s, Path(s).is_file())[0] for s in sources]
@@ -87,7 +82,35 @@ def eval(  # noqa: A001 - the command's name
                 if rows is not None:
                     write_jsonl(rows, output / "predictions.jsonl")
                 err_console.print(f"wrote {', '.join(str(p) for p in paths)}", style="dim", markup=False)
+    _warn_unmatched(reports)
+    _print_reports(reports, compare, as_json)
 
+
+def _check_sources(sources: list[str] | None, compare: bool, predictions: Path | None, model: str | None, output: Path | None) -> None:
+    """Exactly one way to name what is scored: --compare SOURCE SOURCE ..., --predictions or --model."""
+    if compare:
+        if not sources or len(sources) < 2:
+            raise UsageError("--compare needs at least two SOURCEs (run dirs, models or prediction files)")
+        if output is not None or predictions is not None or model is not None:
+            raise UsageError("--compare takes its sources as arguments; --output, --predictions and --model work on one source")
+    elif sources:
+        raise UsageError(f"unexpected argument {sources[0]!r}; use --compare to score several sources")
+    elif (predictions is None) == (model is None):
+        raise UsageError("pass --predictions FILE or --model SPEC (or --compare SOURCE SOURCE ...)")
+
+
+def _score(references: list[dict], source: str, is_file: bool, settings, shots: int, shots_from: Path | None, limit: int | None):
+    """The report on one source (a predictions file, or a model that generates them), and the rows generated (None for a file)."""
+    from qdtool.core.evaluation import evaluate, predict, read_predictions
+
+    if is_file:
+        return evaluate(references, read_predictions(source), str(source), limit), None
+    with status(f"decomposing {len(references[:limit])} questions with {source}") as say:
+        rows = predict(references, source, settings, shots, shots_from, progress=say, limit=limit)
+    return evaluate(references, rows, source + (f" ({shots}-shot)" if shots else ""), limit), rows
+
+
+def _warn_unmatched(reports) -> None:
     for report in reports:
         if report.unmatched_references or report.unmatched_predictions:
             err_console.print(
@@ -96,19 +119,31 @@ def eval(  # noqa: A001 - the command's name
                 f"(e.g. {(report.unmatched_references + report.unmatched_predictions)[0]!r})",
                 style="yellow", markup=False,
             )
-    if compare:
-        intervals = [None] + [paired_bootstrap([e.sari for e in reports[0].examples], [e.sari for e in r.examples]) if
-                              [e.question for e in r.examples] == [e.question for e in reports[0].examples] else None for r in reports[1:]]
+
+
+def _print_reports(reports, compare: bool, as_json: bool) -> None:
+    if not compare:
         if as_json:
-            typer.echo(json.dumps({"limit": reports[0].limit, "reports": [r.to_dict() for r in reports],
-                                   "sari_difference_vs_first": [None if i is None else {"mean": i[0], "ci95": [i[1], i[2]]} for i in intervals]},
-                                  indent=2, ensure_ascii=False))
+            typer.echo(json.dumps(reports[0].to_dict(), indent=2, ensure_ascii=False))
         else:
-            _compare_table(reports, intervals)
-    elif as_json:
-        typer.echo(json.dumps(reports[0].to_dict(), indent=2, ensure_ascii=False))
+            _table([reports[0]])
+        return
+    intervals = [None] + [_sari_interval(reports[0], r) for r in reports[1:]]
+    if as_json:
+        differences = [None if i is None else {"mean": i[0], "ci95": [i[1], i[2]]} for i in intervals]
+        document = {"limit": reports[0].limit, "reports": [r.to_dict() for r in reports], "sari_difference_vs_first": differences}
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:
-        _table([reports[0]])
+        _compare_table(reports, intervals)
+
+
+def _sari_interval(first, other):
+    """SARI(other) - SARI(first) with its paired bootstrap interval; None when they scored different examples."""
+    from qdtool.core.evaluation import paired_bootstrap
+
+    if [e.question for e in other.examples] != [e.question for e in first.examples]:
+        return None
+    return paired_bootstrap([e.sari for e in first.examples], [e.sari for e in other.examples])
 
 
 def _value(key: str, metrics: dict[str, float]) -> str:
@@ -135,9 +170,10 @@ def _table(reports) -> None:
 
 def _compare_table(reports, intervals) -> None:
     _table(reports)
-    for report, interval in zip(reports[1:], intervals[1:]):
+    for report, interval in zip(reports[1:], intervals[1:], strict=True):
         if interval is None:
             console.print(f"{report.source}: scored on other examples than {reports[0].source}; no paired interval", markup=False)
         else:
             mean, low, high = interval
-            console.print(f"SARI {report.source} − {reports[0].source}: {mean:+.4f} (paired bootstrap 95% CI {low:+.4f} to {high:+.4f})", markup=False)
+            console.print(f"SARI {report.source} − {reports[0].source}: {mean:+.4f} (paired bootstrap 95% CI {low:+.4f} to {high:+.4f})",
+                          markup=False)
