@@ -26,6 +26,14 @@ def test_each_result_is_on_disk_as_soon_as_it_is_appended(tmp_path):
     assert path.read_text().count("\n") == 2 and sink.written == 2
 
 
+def test_a_result_is_one_utf8_line_that_a_rerun_recognises(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with ResultsFile(path) as sink:
+        sink.append(result("서울의 인구는?", id="é"))
+    assert path.read_text(encoding="utf-8").splitlines()[0].startswith('{"id": "é", "question": "서울의 인구는?", "sub_questions": ["A?"]')
+    assert ResultsFile(path).pending([{"id": "é", "question": "?"}, {"question": "서울의 인구는?"}]) == [1]
+
+
 def test_a_rerun_skips_what_is_there_by_id_else_by_text(tmp_path):
     path = tmp_path / "out.jsonl"
     path.write_text(json.dumps(result("Q1?", id=1)) + "\n" + json.dumps(result("Same?")) + "\n")

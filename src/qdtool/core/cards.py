@@ -9,12 +9,12 @@ spec as given to `train` (`embedded`, a hub id, or the local path).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qdtool.config import TrainConfig
+from qdtool.core.files import read_json, write_json_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
 EXAMPLE_QUESTION = "Was Aristotle alive when the laptop was invented?"
@@ -35,9 +35,9 @@ def record_base_model(adapter_dir: Path, config: TrainConfig) -> None:
     reports a failed write as one for adapter/.
     """
     path = adapter_dir / ADAPTER_CONFIG
-    values = json.loads(path.read_text(encoding="utf-8"))
+    values = read_json(path)
     values["base_model_name_or_path"] = config.model.strip()
-    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json_atomic(path, values, sort_keys=True)  # PEFT's own layout: sorted keys
 
 
 def adapter_card(run_dir: Path, config: TrainConfig, result: Any, files: list[DataFile]) -> str:

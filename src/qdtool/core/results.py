@@ -1,20 +1,22 @@
 """The JSONL file that `decompose --output` fills: one result per line, appended as each is done.
 
-This is the one output qdtool writes in place rather than through core/files.py's temp-and-rename:
-results must reach the disk while generation runs, so that a stopped run (Ctrl-C, a kill, a full
-disk) keeps every finished question. Each line is written whole and flushed; a line cut short by a
-kill is dropped when the file is opened again, and the same command then skips the questions that
-are already there. The file is checked to be writable before any model loads.
+With metrics.jsonl, one of the two outputs qdtool appends to in place rather than through
+core/files.py's temp-and-rename (the line format is core/files.py's `json_line`): results must
+reach the disk while generation runs, so that a stopped run (Ctrl-C, a kill, a full disk) keeps
+every finished question. Each line is written whole and flushed; a line cut short by a kill is
+dropped when the file is opened again, and the same command then skips the questions that are
+already there. The file is checked to be writable before any model loads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
-from qdtool.core.files import ensure_writable_file, write_error
+from qdtool.core.files import ensure_writable_file, json_line, parse_json, write_error
 from qdtool.errors import DataError
 
 _RESULT_FIELDS = ("question", "sub_questions", "parse_ok")
@@ -78,8 +80,8 @@ class ResultsFile:
     @staticmethod
     def _record(raw: bytes) -> dict[str, Any] | None:
         try:
-            record = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):  # JSON errors, undecodable bytes, absurd nesting
+            record = parse_json(raw)
+        except ValueError:  # JSON errors, undecodable bytes, absurd nesting
             return None
         if not isinstance(record, dict) or not all(name in record for name in _RESULT_FIELDS):
             return None
@@ -104,7 +106,7 @@ class ResultsFile:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one result as a whole line and flush it to the operating system."""
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = json_line(record)
         try:
             if self._file is None:
                 self._file = self.path.open("w" if self.overwrite else "a", encoding="utf-8")
@@ -125,7 +127,7 @@ class ResultsFile:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "ResultsFile":
+    def __enter__(self) -> ResultsFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
