@@ -241,3 +241,16 @@ def test_a_checkpoint_without_a_valid_data_record_is_refused(tmp_path):
     for saved in ({}, {"data": "x"}, {"data": {"train": "abc", "eval": []}}, {"data": {"train": [1], "eval": []}}):
         with pytest.raises(TrainingError, match="trainer_state.json is damaged .*no valid record of the data"):
             check_same_data(tmp_path / "step-2", saved, now)
+
+
+def test_a_trainer_state_that_is_not_json_is_refused_and_utf8_state_comes_back(tmp_path, tiny_tokenizer):
+    model, optimizer, scheduler = _trained(tiny_tokenizer)
+    root = tmp_path / "checkpoints"
+    (root / ".old-step-0000002-1-abcdef").mkdir(parents=True)  # a set-aside dir of a killed save
+    path = save_checkpoint(root, 2, model, optimizer, scheduler, {"run": "학습 é"}, keep=1)
+    assert [p.name for p in root.iterdir()] == ["step-0000002"]
+    assert '"run": "학습 é"' in (path / "trainer_state.json").read_text(encoding="utf-8")
+    assert resumable_state(path)["run"] == "학습 é"
+    (path / "trainer_state.json").write_text('{"step": 2,')
+    with pytest.raises(TrainingError, match=r"trainer_state.json is damaged or not a qdtool checkpoint file \(JSONDecodeError: "):
+        resumable_state(path)

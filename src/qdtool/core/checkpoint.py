@@ -21,7 +21,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from qdtool.core.files import atomic_dir, write_error
+from qdtool.core.files import DamagedFileError, atomic_dir, dump_json, read_json, remove_stale_temps
 from qdtool.errors import TrainingError
 
 FORMAT = 2  # 1 was torch pickles (.pt): unpickling can run code, so those are refused
@@ -85,15 +85,10 @@ def save_checkpoint(
     # serialized first, so a failed write can say how much space the checkpoint needs
     files = {_ADAPTER: save(adapter_state)}
     files.update({f"{name}.safetensors": _pack(value) for name, value in parts.items()})
-    files[_STATE] = json.dumps({**state, "step": step, "format": FORMAT}, indent=2).encode("utf-8")  # last: marks it complete
+    files[_STATE] = dump_json({**state, "step": step, "format": FORMAT}).encode("utf-8")  # last: marks it complete
 
     final = root / f"{_PREFIX}{step:07d}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(exc, root) from None
-    for stale in root.glob(".tmp-*"):  # left by a killed or failed save of any step
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(root)  # left by a killed or failed save of any step, not only this one
     with atomic_dir(final, needed_bytes=sum(len(data) for data in files.values())) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
@@ -105,9 +100,11 @@ def save_checkpoint(
 def saved_state(path: Path) -> dict[str, Any]:
     """A checkpoint's trainer state (step, losses so far, how many processes wrote it, its data)."""
     try:
-        state = json.loads((path / _STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
+        state = read_json(path / _STATE)
+    except OSError as exc:
         raise _damaged(path / _STATE, exc) from None
+    except DamagedFileError as exc:
+        raise _damaged(path / _STATE, exc.__cause__ or exc) from None
     if not isinstance(state, dict):
         raise _damaged(path / _STATE, ValueError(f"a JSON object was expected, not {type(state).__name__}"))
     return state
