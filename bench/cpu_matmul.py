@@ -25,7 +25,8 @@ def main() -> None:
     from qdtool.core.adapters import cpu_has_fast_bf16
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_fast_bf16()}")
-    cases = [("projection 2048x640 @ 640x2048", (2048, 640), (640, 2048), 20), ("LM head 700x640 @ 640x262144", (700, 640), (640, 262144), 3)]
+    cases = [("projection 2048x640 @ 640x2048", (2048, 640), (640, 2048), 20),
+             ("LM head 700x640 @ 640x262144", (700, 640), (640, 262144), 3)]
     for name, left, right, repeats in cases:
         a, b = torch.randn(*left), torch.randn(*right)
         flops = 2 * left[0] * left[1] * right[1]

@@ -10,6 +10,7 @@ from qdtool import __version__
 from qdtool.cli import decompose, eval, merge, probe_gpu, train, validate_data
 from qdtool.cli._common import exit_on_bug
 
+
 def _flags_take_no_value() -> None:
     """Typer's help shows `<bool>` beside a flag as if it took a value; a flag takes none."""
     from typer.core import TyperOption

@@ -26,19 +26,21 @@ Exit codes: 0 valid (warnings allowed), 1 invalid data, 2 usage error (a missing
 
 
 def validate_data(
-    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="JSON (array of records) or JSONL files to check.", show_default=False)],
-    against: Annotated[
-        Optional[list[Path]], typer.Option("--against", "-a", metavar="FILE", help="Flag questions also in FILE (train/eval leakage). Repeatable.")
-    ] = None,
-    model: Annotated[
-        Optional[str], typer.Option("--model", "-m", metavar="SPEC", help="Token lengths of the training samples with this tokenizer: 'embedded', a directory or a hub id.")
-    ] = None,
-    template: Annotated[str, typer.Option(metavar="auto|plain|chat", help="Prompt template for --model (auto: chat template if the model has one).")] = "auto",
+    files: Annotated[list[Path], typer.Argument(
+        metavar="FILE", help="JSON (array of records) or JSONL files to check.", show_default=False)],
+    against: Annotated[Optional[list[Path]], typer.Option(
+        "--against", "-a", metavar="FILE", help="Flag questions also in FILE (train/eval leakage). Repeatable.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", metavar="SPEC",
+        help="Token lengths of the training samples with this tokenizer: 'embedded', a directory or a hub id.")] = None,
+    template: Annotated[str, typer.Option(
+        metavar="auto|plain|chat", help="Prompt template for --model (auto: chat template if the model has one).")] = "auto",
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors: a file with warnings fails (exit 1).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable report on stdout.")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code (for --model).")] = False,
 ) -> None:
     """Check question-decomposition datasets: every problem with its FILE:LINE, then statistics."""
+    from qdtool.core.prompts import PromptOptions
     from qdtool.core.validation import validate_data as run
 
     if template not in ("auto", "plain", "chat"):
@@ -47,7 +49,7 @@ def validate_data(
     with user_errors():
         with status("loading the tokenizer") as say:
             report = run(files, against=against or (), model=model, trust_remote_code=trust_remote_code, strict=strict,
-                         progress=say, template=template)
+                         progress=say, prompt=PromptOptions(template=template))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:

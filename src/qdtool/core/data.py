@@ -20,9 +20,10 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from qdtool.errors import DataError, UsageError
 
@@ -196,7 +197,7 @@ MAX_JSON_DEPTH = 100  # levels of [ and {, the record's own included; no record 
 _INT_DIGITS = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300  # Python's int() limit
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # only these escapes can decode to a lone surrogate
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_LONG_INT = re.compile(r"(?:^|[\[:,])\s*-?(\d{%d,})" % (_INT_DIGITS + 1))
+_LONG_INT = re.compile(rf"(?:^|[\[:,])\s*-?(\d{{{_INT_DIGITS + 1},}})")  # a number of more digits than int() reads
 _NOT_SPACE = re.compile(rb"\S")
 _BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
 
@@ -415,7 +416,10 @@ def _array_rows(data: list[Any], name: str, surrogates: bool, deep: bool) -> Ite
     for index, item in enumerate(data):
         fault = _value_fault(item, surrogates) if surrogates or deep else None  # each element as a JSONL line would be
         location = f"{name}[#{index}]"
-        yield JsonRow(location, None, problem=Problem(location, fault.message, field=fault.field)) if fault else JsonRow(location, None, item)
+        if fault:
+            yield JsonRow(location, None, problem=Problem(location, fault.message, field=fault.field))
+        else:
+            yield JsonRow(location, None, item)
 
 
 def _json_lines(raw: bytes, name: str, result: JsonFile) -> None:
@@ -466,7 +470,8 @@ def _whole_file_hint(raw: bytes, name: str, row: JsonRow, lines: list[bytes]) ->
         whole = row.value
     over = f" over {spread} lines" if spread > 1 else ""
     if isinstance(whole, dict):
-        return Problem(f"{name}:1", f"the file holds one JSON object{over}; write one record per line (JSONL) or a JSON array of records", line=1)
+        return Problem(f"{name}:1", f"the file holds one JSON object{over}; write one record per line (JSONL) or a JSON array of records",
+                       line=1)
     if isinstance(whole, list):  # only a .jsonl file starting with "[" is read line by line
         return Problem(f"{name}:1", f"the file holds a JSON array{over}, but a .jsonl file has one record per line; "
                        "rename the file to .json, or write one record per line", line=1)

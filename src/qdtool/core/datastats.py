@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from qdtool.core.data import Record
 from qdtool.core.prompts import HANGUL as _HANGUL
+from qdtool.core.prompts import PromptOptions
 
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 
@@ -30,7 +32,7 @@ class Summary:
     max: float
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Summary | None":
+    def of(cls, values: Sequence[float]) -> Summary | None:
         if not values:
             return None
         return cls(min(values), sum(values) / len(values), percentile(values, 50), percentile(values, 95), max(values))
@@ -84,16 +86,16 @@ def dataset_stats(records: Sequence[Record]) -> DatasetStats:
     )
 
 
-def token_stats(records: Sequence[Record], tokenizer: Any, model_name: str, **prompt_options: Any) -> TokenStats | None:
+def token_stats(records: Sequence[Record], tokenizer: Any, model_name: str, prompt: PromptOptions = PromptOptions()) -> TokenStats | None:
     """Token lengths of the rendered training samples, exactly as `train` will build them."""
     from qdtool.core.prompts import encode_sample, uses_chat_template
 
     if not records:
         return None
-    encoded = [encode_sample(tokenizer, r.question, r.sub_questions, **prompt_options) for r in records]
+    encoded = [encode_sample(tokenizer, r.question, r.sub_questions, prompt) for r in records]
     lengths = [len(e) for e in encoded]
     prompts = [e.prompt_len for e in encoded]
-    chat = uses_chat_template(tokenizer, prompt_options.get("template", "auto"))
+    chat = uses_chat_template(tokenizer, prompt.template)
     return TokenStats(
         model=model_name,
         template="chat" if chat else "plain",
@@ -102,5 +104,5 @@ def token_stats(records: Sequence[Record], tokenizer: Any, model_name: str, **pr
         p99=int(percentile(lengths, 99)),
         max=max(lengths),
         mean_prompt=sum(prompts) / len(prompts),
-        mean_answer=sum(n - p for n, p in zip(lengths, prompts)) / len(lengths),
+        mean_answer=sum(n - p for n, p in zip(lengths, prompts, strict=True)) / len(lengths),
     )

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from qdtool.core import metrics as m
 from qdtool.core.data import Problem, json_type_name, problems_error, read_json_rows
@@ -156,25 +157,28 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             key = str(value["id"])
             if key in first_with_id:
                 problems.append(Problem(row.location, f"{json.dumps(value['id'], ensure_ascii=False)[:60]} repeats the id of "
-                                        f"{first_with_id[key]}; give each prediction its own id (or remove the repeat)", field="id", line=row.line))
+                                        f"{first_with_id[key]}; give each prediction its own id (or remove the repeat)",
+                                        field="id", line=row.line))
                 continue
             first_with_id[key] = row.location
         rows.append(value)
     if problems:
-        raise problems_error(str(path), problems, "Each prediction is {\"question\": str, \"sub_questions\": [str, ...], \"id\": optional}.")
+        raise problems_error(str(path), problems, 'Each prediction is {"question": str, "sub_questions": [str, ...], "id": optional}.')
     return rows
 
 
 def _prediction_problems(value: Any, location: str, line: int | None) -> list[Problem]:
     if not isinstance(value, dict):
-        return [Problem(location, f'prediction must be a JSON object with "question" and "sub_questions" (got {json_type_name(value)})', line=line)]
+        got = json_type_name(value)
+        return [Problem(location, f'prediction must be a JSON object with "question" and "sub_questions" (got {got})', line=line)]
     problems = []
     if not isinstance(value.get("question"), str):
         got = "missing" if "question" not in value else f"must be a string (got {json_type_name(value['question'])})"
         problems.append(Problem(location, got, field="question", line=line))
     steps = value.get("sub_questions", [])
     if not isinstance(steps, list):
-        problems.append(Problem(location, f"must be a list of strings, [] for no output (got {json_type_name(steps)})", field="sub_questions", line=line))
+        problems.append(Problem(location, f"must be a list of strings, [] for no output (got {json_type_name(steps)})",
+                                field="sub_questions", line=line))
     else:
         problems += [Problem(location, f"step {n} must be a string (got {json_type_name(s)})", field="sub_questions", line=line)
                      for n, s in enumerate(steps, start=1) if not isinstance(s, str)]
@@ -193,7 +197,8 @@ def predict(references: Sequence[dict[str, Any]], model: str, settings: Any = No
 
     decomposer = load_decomposer(model, progress=progress)
     if shots:
-        decomposer.prompt_options["shots"] = few_shot_examples(shots, shots_from, exclude={r["question"] for r in references})
+        demos = few_shot_examples(shots, shots_from, exclude={r["question"] for r in references})
+        decomposer.prompt_options = replace(decomposer.prompt_options, shots=demos)
     rows = [{"question": r["question"], **({"id": r["id"]} if r.get("id") is not None else {})} for r in references[:limit]]
     results = decompose(decomposer, rows, settings or GenerationSettings())
     return [r.to_dict() for r in results]
@@ -225,7 +230,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], samples: int = 2000
     """Mean of b - a and its 95% percentile interval, resampling examples with replacement."""
     if len(a) != len(b) or not a:
         raise ValueError("paired bootstrap needs two equally long, non-empty score lists")
-    diffs = [y - x for x, y in zip(a, b)]
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
     rng = random.Random(seed)
     n = len(diffs)
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # --------------------------------------------------------------------------------------------
 # SARI (tensor2tensor's variant: n-grams as sets, n = 1..4; keep F1, addition F1, deletion
@@ -80,7 +80,9 @@ def normalize_step(step: str) -> str:
 
 
 def exact_match(prediction: Sequence[str], reference: Sequence[str]) -> bool:
-    return len(prediction) == len(reference) and all(normalize_step(p) == normalize_step(r) for p, r in zip(prediction, reference))
+    if len(prediction) != len(reference):
+        return False
+    return all(normalize_step(p) == normalize_step(r) for p, r in zip(prediction, reference, strict=True))
 
 
 _WORD = re.compile(r"\w+|#\d+", re.UNICODE)

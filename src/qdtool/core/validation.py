@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from qdtool.core.data import LoadResult, Problem, find_leaks, load_records
 from qdtool.core.datastats import DatasetStats, dataset_stats, token_stats
 from qdtool.core.modeling import Progress
+from qdtool.core.prompts import PromptOptions
 
 
 @dataclass
@@ -96,7 +98,7 @@ def validate_data(
     trust_remote_code: bool = False,
     strict: bool = False,
     progress: Progress | None = None,
-    **prompt_options: Any,
+    prompt: PromptOptions = PromptOptions(),
 ) -> ValidationReport:
     """Check every file, report leakage against `against`, and add token lengths if `model` is given.
 
@@ -121,7 +123,7 @@ def validate_data(
     for result in results:
         stats = dataset_stats(result.records)
         if tokenizer is not None:
-            stats.tokens = token_stats(result.records, tokenizer, model, **prompt_options)
+            stats.tokens = token_stats(result.records, tokenizer, model, prompt)
         report.files.append(FileReport(result, stats, strict=strict))
     return report
 
