@@ -29,7 +29,8 @@ def test_version_and_help():
 
 
 def test_help_does_not_import_the_heavy_stack():
-    code = "import sys; from qdtool.cli.app import app; print(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules))"
+    code = ("import sys; from qdtool.cli.app import app; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

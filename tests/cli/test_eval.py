@@ -79,7 +79,8 @@ def test_an_output_under_a_file_stops_before_scoring(tmp_path, monkeypatch):
     ("content", "expected"),
     [
         (b"", "q.jsonl: file is empty; expected JSON predictions"),
-        (b'{"id": "x", "question": "q?", "sub_questions": ["a?", {"b": 1}]}\n', "q.jsonl:1: sub_questions: step 2 must be a string (got object)"),
+        (b'{"id": "x", "question": "q?", "sub_questions": ["a?", {"b": 1}]}\n',
+         "q.jsonl:1: sub_questions: step 2 must be a string (got object)"),
         ('{"question": "café?"}\n'.encode("latin-1"), "q.jsonl:1: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"),
         (b'{"id": 1, "question": "q?"}\n{"id": 1, "question": "r?"}\n', 'q.jsonl:2: id: 1 repeats the id of q.jsonl:1'),
         (b"[" * 2000 + b"]" * 2000 + b"\n", "q.jsonl:1: JSON nested too deeply"),
@@ -103,7 +104,8 @@ def test_limit_scores_the_first_references_of_a_prediction_file(tmp_path):
     from qdtool.core.evaluation import evaluate, read_predictions
 
     preds = _predictions(tmp_path, "q.jsonl", lambda r: r["sub_questions"][:1])
-    result = runner.invoke(app, ["eval", "--data", str(VAL), "--predictions", str(preds), "--limit", "8", "--json", "--output", str(tmp_path / "out")])
+    result = runner.invoke(app, ["eval", "--data", str(VAL), "--predictions", str(preds), "--limit", "8", "--json",
+                                 "--output", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["limit"] == {"first": 8, "of": 200} and report["metrics"]["examples"] == 8

@@ -48,7 +48,8 @@ def test_merge_then_decompose_a_file(tiny_run, tmp_path):
 
 def test_decompose_defaults_to_the_latest_run_and_reads_stdin(tiny_run, monkeypatch):
     monkeypatch.chdir(tiny_run.parent.parent)
-    result = runner.invoke(app, ["decompose", "--input", "-", "--format", "json", "--max-new-tokens", "4"], input="A question?\nAnother one?\n")
+    result = runner.invoke(app, ["decompose", "--input", "-", "--format", "json", "--max-new-tokens", "4"],
+                           input="A question?\nAnother one?\n")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout[result.stdout.index("["):])
     assert [r["question"] for r in rows] == ["A question?", "Another one?"]
@@ -164,11 +165,13 @@ def test_empty_and_overlong_questions_are_refused(tiny_run, tmp_path, monkeypatc
     assert "error: the prompt is" in result.stderr
     assert "at most 256 tokens (the model's context of 512 tokens less --max-new-tokens 256); nothing was generated" in result.stderr
     questions, out = tmp_path / "q.jsonl", tmp_path / "out.jsonl"
-    questions.write_text(json.dumps({"id": "a", "question": "Short?"}) + "\n" + json.dumps({"id": "b", "question": "Was " + "it " * 300 + "so?"}) + "\n")
+    questions.write_text(json.dumps({"id": "a", "question": "Short?"}) + "\n"
+                         + json.dumps({"id": "b", "question": "Was " + "it " * 300 + "so?"}) + "\n")
     result = runner.invoke(app, ["decompose", "--model", str(tiny_run), "--input", str(questions), "--output", str(out),
                                  "--max-input-tokens", "200"])
     assert result.exit_code == 1, result.output
-    assert f"{questions}: record 2 (id b): the prompt is" in result.stderr and "at most 200 tokens (--max-input-tokens 200)" in result.stderr
+    assert f"{questions}: record 2 (id b): the prompt is" in result.stderr
+    assert "at most 200 tokens (--max-input-tokens 200)" in result.stderr
     assert not out.exists()
     out.write_text(json.dumps({"id": "a", "question": "Short?", "sub_questions": [], "raw": "", "parse_ok": False}) + "\n")
     result = runner.invoke(app, ["decompose", "--model", str(tiny_run), "--input", str(questions), "--output", str(out),

@@ -50,14 +50,16 @@ def test_korean_samples_are_korean_with_2_to_5_steps():
 
 
 def test_valid_file_prints_stats_and_exits_0(tmp_path):
-    result = invoke(str(write(tmp_path / "ok.jsonl", GOOD, {"question": "세종은 누구인가?", "sub_questions": ["세종은 언제 태어났는가?", "#1에 무슨 일이 있었는가?"]})))
+    korean = {"question": "세종은 누구인가?", "sub_questions": ["세종은 언제 태어났는가?", "#1에 무슨 일이 있었는가?"]}
+    result = invoke(str(write(tmp_path / "ok.jsonl", GOOD, korean)))
     assert result.exit_code == 0, result.output
     assert "✓ valid: 2 records" in result.output
     assert "steps per question" in result.output and "Hangul" in result.output
 
 
 def test_broken_file_lists_every_error_with_line_and_exits_1(tmp_path):
-    path = write(tmp_path / "bad.jsonl", GOOD, '{"question": "x", "sub_questions": "y"}', "not json", {"question": "", "sub_questions": ["a?", "b?"]})
+    path = write(tmp_path / "bad.jsonl", GOOD, '{"question": "x", "sub_questions": "y"}', "not json",
+                 {"question": "", "sub_questions": ["a?", "b?"]})
     result = invoke(str(path))
     assert result.exit_code == 1
     assert f"{path}:2: sub_questions: must be a non-empty list of strings (got str)" in result.output
@@ -158,10 +160,13 @@ def test_token_lengths_with_the_embedded_model(use_embedded_cache):
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (b'{"question": "Q?", "sub_questionz\\udc00": ["a?", "b?"]}\n', "bad.jsonl:1: a key has the escape \\udc00, a lone UTF-16 surrogate"),
-        (b'{"question": "Is Q\\ud800 big?", "sub_questions": ["What is Q?", "Is #1 big?"]}\n', "bad.jsonl:1: question: the escape \\ud800 is a lone UTF-16 surrogate"),
+        (b'{"question": "Q?", "sub_questionz\\udc00": ["a?", "b?"]}\n',
+         "bad.jsonl:1: a key has the escape \\udc00, a lone UTF-16 surrogate"),
+        (b'{"question": "Is Q\\ud800 big?", "sub_questions": ["What is Q?", "Is #1 big?"]}\n',
+         "bad.jsonl:1: question: the escape \\ud800 is a lone UTF-16 surrogate"),
         (b"[" * 1500 + b"]" * 1500 + b"\n", "bad.jsonl:1: JSON nested too deeply"),
-        (b'{"question": "Q?", "sub_questions": ["a?", "b?"], "n": ' + b"9" * 5000 + b"}\n", "bad.jsonl:1:56: integer with 5,000 digits (the limit is 4,300)"),
+        (b'{"question": "Q?", "sub_questions": ["a?", "b?"], "n": ' + b"9" * 5000 + b"}\n",
+         "bad.jsonl:1:56: integer with 5,000 digits (the limit is 4,300)"),
     ],
     ids=["surrogate key", "surrogate value", "deep", "huge integer"],
 )

@@ -67,7 +67,10 @@ near_records = st.fixed_dictionaries(
     {},
     optional={
         "question": st.one_of(st.text(max_size=30), json_values),
-        "sub_questions": st.one_of(st.lists(st.one_of(st.text(max_size=20), st.from_regex(r"#\d{1,2} \w*\?", fullmatch=True), json_values), max_size=5), json_values),
+        "sub_questions": st.one_of(
+            st.lists(st.one_of(st.text(max_size=20), st.from_regex(r"#\d{1,2} \w*\?", fullmatch=True), json_values), max_size=5),
+            json_values,
+        ),
         "id": json_values,
     },
 )
@@ -117,7 +120,7 @@ def test_deep_nesting_is_an_error_past_the_limit():
     def prop(depth, openers, in_record, as_array):
         opened = [openers[i % len(openers)] for i in range(depth)]
         value = "".join(opened) + "1" + "".join("]" if o == "[" else "}" for o in reversed(opened))
-        record = '{"question": "Q?", "sub_questions": ["a?", "b?"], "meta": %s}' % value if in_record else value
+        record = f'{{"question": "Q?", "sub_questions": ["a?", "b?"], "meta": {value}}}' if in_record else value
         levels = depth + 1 if in_record else depth  # containers, counting the record itself
         content = f"[{record}]" if as_array else record + "\n"
         problems = read_everywhere("deep", content.encode(), ".json" if as_array else ".jsonl")
@@ -141,12 +144,14 @@ def test_integers_past_pythons_limit_are_an_error():
 
 def test_lone_surrogates_are_an_error_wherever_they_are():
     @fuzz("surrogates")
-    @given(surrogate_text, st.lists(surrogate_text, min_size=1, max_size=3), st.dictionaries(surrogate_text, surrogate_text, max_size=2), st.booleans())
+    @given(surrogate_text, st.lists(surrogate_text, min_size=1, max_size=3), st.dictionaries(surrogate_text, surrogate_text, max_size=2),
+           st.booleans())
     def prop(question, steps, extra, as_array):
         record = {"question": question + "?", "sub_questions": steps, **{"x" + k: v for k, v in extra.items()}}
         text = json.dumps(record)  # ensure_ascii: every surrogate becomes a \\udXXX escape
         decoded = json.loads(text)  # an adjacent high + low pair decodes to one character: not lone
-        lone = any(0xD800 <= ord(c) <= 0xDFFF for s in [decoded["question"], *decoded["sub_questions"], *decoded] + [str(v) for v in decoded.values()] for c in s)
+        texts = [decoded["question"], *decoded["sub_questions"], *decoded] + [str(v) for v in decoded.values()]
+        lone = any(0xD800 <= ord(c) <= 0xDFFF for s in texts for c in s)
         content = f"[{text}]" if as_array else text + "\n"
         problems = read_everywhere("surrogates", content.encode(), ".json" if as_array else ".jsonl")
         assert any("lone UTF-16 surrogate" in p for p in problems) == lone, problems
@@ -167,7 +172,8 @@ def test_the_cli_exits_0_or_1_with_a_message():
         _ran["cli"] += 1
         path = _DIR / f"cli{suffix}"
         path.write_bytes(content)
-        for args in (["validate-data", str(path)], ["validate-data", str(path), "--json"], ["eval", "--data", str(REFS), "--predictions", str(path)]):
+        for args in (["validate-data", str(path)], ["validate-data", str(path), "--json"],
+                     ["eval", "--data", str(REFS), "--predictions", str(path)]):
             result = runner.invoke(app, args)
             assert result.exit_code in (0, 1), (args, result.output)
             assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

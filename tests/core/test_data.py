@@ -9,7 +9,8 @@ import pytest
 from qdtool.core.data import MAX_JSON_DEPTH, find_leaks, load_records, read_dataset, read_json_rows
 from qdtool.errors import DataError, UsageError
 
-GOOD = {"question": "Was Aristotle alive when the laptop was invented?", "sub_questions": ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]}
+GOOD = {"question": "Was Aristotle alive when the laptop was "
+                    "invented?", "sub_questions": ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]}
 
 
 def jl(*records) -> bytes:
@@ -20,7 +21,8 @@ def jl(*records) -> bytes:
 CASES = [
     ("empty.jsonl", b"", ["error:empty.jsonl: file is empty; expected JSON records"]),
     ("blank.jsonl", b"\n  \n", ["error:blank.jsonl: file is empty; expected JSON records"]),
-    ("bad.jsonl", jl(GOOD, b"{\"question\": \"x\",}"), ["error:bad.jsonl:2:18: invalid JSON: Expecting property name enclosed in double quotes"]),
+    ("bad.jsonl", jl(GOOD, b"{\"question\": \"x\",}"),
+     ["error:bad.jsonl:2:18: invalid JSON: Expecting property name enclosed in double quotes"]),
     ("list.jsonl", jl([1, 2]), ['error:list.jsonl:1: record must be a JSON object with "question" and "sub_questions" (got list)']),
     ("noq.jsonl", jl({"sub_questions": ["a?", "b?"]}), ["error:noq.jsonl:1: question: missing"]),
     ("emptyq.jsonl", jl({"question": "  ", "sub_questions": ["a?", "b?"]}), ["error:emptyq.jsonl:1: question: must not be empty"]),
@@ -31,17 +33,23 @@ CASES = [
         jl({"question": "Q?", "decomposition": ["a?", "b?"]}),
         ['error:alias.jsonl:1: sub_questions: missing (found "decomposition": rename it to "sub_questions")'],
     ),
-    ("strsub.jsonl", jl({"question": "Q?", "sub_questions": "a? b?"}), ["error:strsub.jsonl:1: sub_questions: must be a non-empty list of strings (got str)"]),
-    ("emptysub.jsonl", jl({"question": "Q?", "sub_questions": []}), ["error:emptysub.jsonl:1: sub_questions: must be a non-empty list of strings (got empty list)"]),
+    ("strsub.jsonl", jl({"question": "Q?", "sub_questions": "a? b?"}),
+     ["error:strsub.jsonl:1: sub_questions: must be a non-empty list of strings (got str)"]),
+    ("emptysub.jsonl", jl({"question": "Q?", "sub_questions": []}),
+     ["error:emptysub.jsonl:1: sub_questions: must be a non-empty list of strings (got empty list)"]),
     (
         "escapekey.jsonl",
         jl({"question": "Q?", "sub_questions\x1b[2J": ["a?", "b?"]}),
         ['error:escapekey.jsonl:1: sub_questions: missing (found "sub_questions\\u001b[2J": rename it to "sub_questions")'],
     ),
-    ("nullsub.jsonl", jl({"question": "Q?", "sub_questions": None}), ["error:nullsub.jsonl:1: sub_questions: must be a non-empty list of strings (got null)"]),
-    ("intstep.jsonl", jl({"question": "Q?", "sub_questions": ["a?", 3]}), ["error:intstep.jsonl:1: sub_questions: step 2 must be a string (got int)"]),
-    ("blankstep.jsonl", jl({"question": "Q?", "sub_questions": ["a?", " \t"]}), ["error:blankstep.jsonl:1: sub_questions: step 2 is blank"]),
-    ("same.jsonl", jl({"question": "Is it Q?", "sub_questions": ["a?", "is  it q?"]}), ["error:same.jsonl:1: sub_questions: step 2 is identical to the question"]),
+    ("nullsub.jsonl", jl({"question": "Q?", "sub_questions": None}),
+     ["error:nullsub.jsonl:1: sub_questions: must be a non-empty list of strings (got null)"]),
+    ("intstep.jsonl", jl({"question": "Q?", "sub_questions": ["a?", 3]}),
+     ["error:intstep.jsonl:1: sub_questions: step 2 must be a string (got int)"]),
+    ("blankstep.jsonl", jl({"question": "Q?", "sub_questions": ["a?", " \t"]}),
+     ["error:blankstep.jsonl:1: sub_questions: step 2 is blank"]),
+    ("same.jsonl", jl({"question": "Is it Q?", "sub_questions": ["a?", "is  it q?"]}),
+     ["error:same.jsonl:1: sub_questions: step 2 is identical to the question"]),
     (
         "fwdref.jsonl",
         jl({"question": "Q?", "sub_questions": ["a?", "Is #2 big?", "Is #1 in #4?"]}),
@@ -55,22 +63,27 @@ CASES = [
         jl({"question": "Q?", "sub_questions": ["What is #1?", "b?"]}),
         ["error:firstref.jsonl:1: sub_questions: step 1 refers to #1, but the first step has no earlier answer to refer to"],
     ),
-    ("latin1.jsonl", jl(GOOD) + "{\"question\": \"café?\"}\n".encode("latin-1"), ["error:latin1.jsonl:2: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"]),
+    ("latin1.jsonl", jl(GOOD) + "{\"question\": \"café?\"}\n".encode("latin-1"),
+     ["error:latin1.jsonl:2: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"]),
     (
         "dup.jsonl",
         jl(GOOD, {**GOOD, "question": GOOD["question"].upper()}),
         ["warning:dup.jsonl:2: question: duplicate of the question at dup.jsonl:1"],
     ),
-    ("single.jsonl", jl({"question": "Q?", "sub_questions": ["a?"]}), ["warning:single.jsonl:1: sub_questions: only one step; a decomposition usually has two or more"]),
-    ("repeat.jsonl", jl({"question": "Q?", "sub_questions": ["a?", "A?"]}), ["warning:repeat.jsonl:1: sub_questions: step 2 repeats step 1"]),
+    ("single.jsonl", jl({"question": "Q?", "sub_questions": ["a?"]}),
+     ["warning:single.jsonl:1: sub_questions: only one step; a decomposition usually has two or more"]),
+    ("repeat.jsonl", jl({"question": "Q?", "sub_questions": ["a?", "A?"]}),
+     ["warning:repeat.jsonl:1: sub_questions: step 2 repeats step 1"]),
     (
         "long.jsonl",
         jl({"question": "Q" * 1500 + "?", "sub_questions": ["a" * 600 + "?", "b?"]}),
         ["warning:long.jsonl:1: very long record (2,104 characters); it may not fit max_seq_len"],
     ),
-    ("arr.json", json.dumps([GOOD, {"question": ""}]).encode(), ["error:arr.json[#1]: question: must not be empty", "error:arr.json[#1]: sub_questions: missing"]),
+    ("arr.json", json.dumps([GOOD, {"question": ""}]).encode(),
+     ["error:arr.json[#1]: question: must not be empty", "error:arr.json[#1]: sub_questions: missing"]),
     ("emptyarr.json", b"[]", ["error:emptyarr.json: the array has no records"]),
-    ("trailing.json", b'[{"question": "a?",\n "sub_questions": ["b?", "c?"],}]', ["error:trailing.json:2:32: invalid JSON: Expecting property name enclosed in double quotes"]),
+    ("trailing.json", b'[{"question": "a?",\n "sub_questions": ["b?", "c?"],}]',
+     ["error:trailing.json:2:32: invalid JSON: Expecting property name enclosed in double quotes"]),
     (
         "pretty.json",
         b'{\n "question": "a?",\n "sub_questions": ["b?", "c?"]\n}\n',
@@ -80,18 +93,25 @@ CASES = [
     (
         "prettyarr.jsonl",
         json.dumps([GOOD, GOOD], indent=2).encode(),
-        ["error:prettyarr.jsonl:1: the file holds a JSON array over 18 lines, but a .jsonl file has one record per line; rename the file to .json, or write one record per line"],
+        ["error:prettyarr.jsonl:1: the file holds a JSON array over 18 lines, but a .jsonl file has one record per line; "
+         "rename the file to .json, or write one record per line"],
     ),
     (
         "onearr.jsonl",
         jl([GOOD, GOOD]),
-        ["error:onearr.jsonl:1: the file holds a JSON array, but a .jsonl file has one record per line; rename the file to .json, or write one record per line"],
+        ["error:onearr.jsonl:1: the file holds a JSON array, but a .jsonl file has one record per line; "
+         "rename the file to .json, or write one record per line"],
     ),
-    ("utf16.jsonl", "\ufeff".encode("utf-16-le") + jl(GOOD).decode().encode("utf-16-le"), ["error:utf16.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
-    ("utf16be.jsonl", jl(GOOD).decode().encode("utf-16"), ["error:utf16be.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
-    ("nobom16.jsonl", jl(GOOD).decode().encode("utf-16-be"), ["error:nobom16.jsonl: file is UTF-16 (NUL bytes between its characters); save it as UTF-8"]),
-    ("utf32.jsonl", jl(GOOD).decode().encode("utf-32"), ["error:utf32.jsonl: file is UTF-32 (it starts with a UTF-32 byte-order mark); save it as UTF-8"]),
-    ("parserdeep.jsonl", jl(GOOD, b"[" * 5000 + b"]" * 5000), ["error:parserdeep.jsonl:2: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"]),
+    ("utf16.jsonl", "\ufeff".encode("utf-16-le") + jl(GOOD).decode().encode("utf-16-le"),
+     ["error:utf16.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
+    ("utf16be.jsonl", jl(GOOD).decode().encode("utf-16"),
+     ["error:utf16be.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
+    ("nobom16.jsonl", jl(GOOD).decode().encode("utf-16-be"),
+     ["error:nobom16.jsonl: file is UTF-16 (NUL bytes between its characters); save it as UTF-8"]),
+    ("utf32.jsonl", jl(GOOD).decode().encode("utf-32"),
+     ["error:utf32.jsonl: file is UTF-32 (it starts with a UTF-32 byte-order mark); save it as UTF-8"]),
+    ("parserdeep.jsonl", jl(GOOD, b"[" * 5000 + b"]" * 5000),
+     ["error:parserdeep.jsonl:2: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"]),
     (
         "fielddeep.jsonl",
         jl({**GOOD, "meta": json.loads("[" * 100 + "]" * 100)}),
@@ -99,27 +119,33 @@ CASES = [
     ),
     ("deeparr.json", json.dumps([GOOD, {**GOOD, "meta": json.loads("[" * 100 + "]" * 100)}]).encode(),
      ["error:deeparr.json[#1]: meta: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"]),
-    ("bigint.jsonl", b'{"n": ' + b"7" * 4301 + b"}\n", ["error:bigint.jsonl:1:7: integer with 4,301 digits (the limit is 4,300); write it as a string"]),
-    ("bigintarr.json", b'[{"question": "a?",\n "n": -' + b"7" * 5000 + b"}]", ["error:bigintarr.json:2:8: integer with 5,000 digits (the limit is 4,300); write it as a string"]),
+    ("bigint.jsonl", b'{"n": ' + b"7" * 4301 + b"}\n",
+     ["error:bigint.jsonl:1:7: integer with 4,301 digits (the limit is 4,300); write it as a string"]),
+    ("bigintarr.json", b'[{"question": "a?",\n "n": -' + b"7" * 5000 + b"}]",
+     ["error:bigintarr.json:2:8: integer with 5,000 digits (the limit is 4,300); write it as a string"]),
     (
         "surrogate.jsonl",
         jl(GOOD, b'{"question": "Q\\ud800?", "sub_questions": ["a?", "b?"]}'),
-        ["error:surrogate.jsonl:2: question: the escape \\ud800 is a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"],
+        ["error:surrogate.jsonl:2: question: the escape \\ud800 is a lone UTF-16 surrogate, not a character; "
+         "write the character itself, or both halves of its surrogate pair"],
     ),
     (
         "surrogatestep.json",
         b'[{"question": "Q?", "sub_questions": ["a?", "b\\uDFFF?"]}]',
-        ["error:surrogatestep.json[#0]: sub_questions: the escape \\udfff is a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"],
+        ["error:surrogatestep.json[#0]: sub_questions: the escape \\udfff is a lone UTF-16 surrogate, not a character; "
+         "write the character itself, or both halves of its surrogate pair"],
     ),
     (
         "surrogatekey.jsonl",
         b'{"question": "Q?", "sub_questionz\\udc00": ["a?", "b?"]}\n',
-        ["error:surrogatekey.jsonl:1: a key has the escape \\udc00, a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"],
+        ["error:surrogatekey.jsonl:1: a key has the escape \\udc00, a lone UTF-16 surrogate, not a character; "
+         "write the character itself, or both halves of its surrogate pair"],
     ),
     (
         "nestedkey.jsonl",
         b'{"question": "Q?", "sub_questions": ["a?", "b?"], "meta": [{"\\ud800": 1}]}\n',
-        ["error:nestedkey.jsonl:1: meta: a key has the escape \\ud800, a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"],
+        ["error:nestedkey.jsonl:1: meta: a key has the escape \\ud800, a lone UTF-16 surrogate, not a character; "
+         "write the character itself, or both halves of its surrogate pair"],
     ),
 ]
 

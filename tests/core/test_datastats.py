@@ -48,5 +48,6 @@ def test_token_stats_match_the_training_encoder(tiny_tokenizer):
     assert stats.p50 == lengths[4]  # nearest rank: ceil(0.5 * 10) = 5th value
     assert stats.p99 == lengths[-1]
     assert stats.template == "plain"
-    answer = len(encode_sample(tiny_tokenizer, "x?", ["Step one?", "Step #1 two?"]).labels) - encode_sample(tiny_tokenizer, "x?", ["Step one?", "Step #1 two?"]).prompt_len
+    sample = encode_sample(tiny_tokenizer, "x?", ["Step one?", "Step #1 two?"])
+    answer = len(sample.labels) - sample.prompt_len
     assert stats.mean_answer == pytest.approx(answer)

@@ -29,11 +29,13 @@ def test_torchrun_two_processes_match_a_single_process_run(tiny_model_dir, tmp_p
     so (without dropout) they must learn the same adapter and log the same losses."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     single = tmp_path / "single"
-    done = subprocess.run([sys.executable, "-m", "qdtool", *_args(tiny_model_dir, single, 2)], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "qdtool", *_args(tiny_model_dir, single, 2)], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "qdtool", *_args(tiny_model_dir, ddp, 1)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "qdtool",
+           *_args(tiny_model_dir, ddp, 1)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
     assert done.stdout.count("training summary") == 1  # one process reports

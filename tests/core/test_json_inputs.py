@@ -37,17 +37,25 @@ ENTRY_POINTS = {"validate-data": _validate, "eval": _raised(read_predictions), "
 
 # (name, content, the one problem every entry point reports)
 HOSTILE = [
-    ("deep.jsonl", b"[" * 1000 + b"]" * 1000 + b"\n", "deep.jsonl:1: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"),
-    ("deeper.jsonl", b"{\"a\": " * 20000 + b"1" + b"}" * 20000 + b"\n", "deeper.jsonl:1: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"),
-    ("bigint.jsonl", RECORD + b', "n": ' + b"5" * 4301 + b"}\n", "bigint.jsonl:1:56: integer with 4,301 digits (the limit is 4,300); write it as a string"),
+    ("deep.jsonl", b"[" * 1000 + b"]" * 1000 + b"\n",
+     "deep.jsonl:1: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"),
+    ("deeper.jsonl", b"{\"a\": " * 20000 + b"1" + b"}" * 20000 + b"\n",
+     "deeper.jsonl:1: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"),
+    ("bigint.jsonl", RECORD + b', "n": ' + b"5" * 4301 + b"}\n",
+     "bigint.jsonl:1:56: integer with 4,301 digits (the limit is 4,300); write it as a string"),
     ("surrogate.jsonl", b'{"question": "Q\\ud800?", "sub_questions": ["a?", "b?"]}\n',
-     "surrogate.jsonl:1: question: the escape \\ud800 is a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"),
+     "surrogate.jsonl:1: question: the escape \\ud800 is a lone UTF-16 surrogate, not a character; "
+     "write the character itself, or both halves of its surrogate pair"),
     ("surrogatekey.jsonl", RECORD + b', "\\udc80": 1}\n',
-     "surrogatekey.jsonl:1: a key has the escape \\udc80, a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"),
-    ("utf16.jsonl", (RECORD + b"}\n").decode().encode("utf-16"), "utf16.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"),
-    ("latin1.jsonl", '{"question": "café?"}\n'.encode("latin-1"), "latin1.jsonl:1: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"),
+     "surrogatekey.jsonl:1: a key has the escape \\udc80, a lone UTF-16 surrogate, not a character; "
+     "write the character itself, or both halves of its surrogate pair"),
+    ("utf16.jsonl", (RECORD + b"}\n").decode().encode("utf-16"),
+     "utf16.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"),
+    ("latin1.jsonl", '{"question": "café?"}\n'.encode("latin-1"),
+     "latin1.jsonl:1: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"),
     ("array.jsonl", b"[\n  " + RECORD + b"}\n]\n",
-     "array.jsonl:1: the file holds a JSON array over 3 lines, but a .jsonl file has one record per line; rename the file to .json, or write one record per line"),
+     "array.jsonl:1: the file holds a JSON array over 3 lines, but a .jsonl file has one record per line; "
+     "rename the file to .json, or write one record per line"),
 ]
 
 
