@@ -118,10 +118,6 @@ class TrainConfig(BaseModel):
         """The prompt settings, as `render_prompt` / `encode_sample` take them (train = decompose = eval)."""
         return {"template": self.template, "language": self.language, "instruction": self.instruction}
 
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        return {name: f.description or "" for name, f in cls.model_fields.items()}
-
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []

@@ -25,10 +25,6 @@ class EncodedSet:
     truncated: int = 0  # over max_seq_len and cut to it
     examples_of_overlong: list[str] = field(default_factory=list)
 
-    @property
-    def supervised_tokens(self) -> int:
-        return sum(sum(1 for x in s.labels if x != IGNORE_INDEX) for s in self.samples)
-
 
 def encode_records(
     records: Sequence[Record],
