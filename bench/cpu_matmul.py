@@ -22,7 +22,7 @@ def bench(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
 
 
 def main() -> None:
-    from qdtool.core.adapters import cpu_has_fast_bf16
+    from qdtool.core.hardware import cpu_has_fast_bf16
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_fast_bf16()}")
     cases = [("projection 2048x640 @ 640x2048", (2048, 640), (640, 2048), 20),

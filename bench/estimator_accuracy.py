@@ -49,12 +49,14 @@ def configurations(shapes, quick: bool):
 
 def measure(shape: str, quant: str, rows: int, length: int, gc: bool) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from qdtool.config import TrainConfig
-    from qdtool.core.adapters import Hardware, add_lora
     from qdtool.core.batching import MicroBatch
+    from qdtool.core.hardware import Device
+    from qdtool.core.lora import add_lora
     from qdtool.core.memory import Shape, estimate
+    from qdtool.core.modeling import quantization_config
     from qdtool.core.training import _train_step
 
     cuda = torch.cuda.is_available()
@@ -66,7 +68,7 @@ def measure(shape: str, quant: str, rows: int, length: int, gc: bool) -> dict:
         if not (cache / "config.json").is_file():
             with torch.device("cuda"):
                 AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(cache)
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        bnb = quantization_config("4bit", dtype)
         model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype, device_map={"": 0}, quantization_config=bnb)
         from peft import prepare_model_for_kbit_training
 
@@ -87,7 +89,7 @@ def measure(shape: str, quant: str, rows: int, length: int, gc: bool) -> dict:
     ids = torch.randint(10, config.vocab_size, (rows, length), generator=generator).tolist()
     labels = [[-100] * int(length * (1 - share)) + row[int(length * (1 - share)):] for row in ids]
     batch = MicroBatch(ids, labels, [list(range(length))] * rows, None, rows)
-    hardware = Hardware("cuda" if cuda else "cpu", "bf16" if cuda else "fp32", "bench")
+    hardware = Device("cuda" if cuda else "cpu", "bf16" if cuda else "fp32", "bench")
     autocast = torch.autocast("cuda", dtype=dtype) if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()

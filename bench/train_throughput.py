@@ -49,13 +49,13 @@ PEAK_BF16 = 989e12  # H100 SXM / H200 dense bf16
 
 def load(shape: str, dtype, device: str, quant: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from qdtool.core.modeling import load_model, load_tokenizer
+    from qdtool.core.modeling import load_model, load_tokenizer, quantization_config
 
     if shape == "embedded":
         model = load_model("embedded", dtype=dtype, device_map={"": 0} if device == "cuda" else None,
-                           quantization_config=_bnb(quant, dtype))
+                           quantization_config=quantization_config(quant, dtype))
         return model, load_tokenizer("embedded")
     spec = dict(SHAPES[shape])
     config = AutoConfig.for_model(spec.pop("model_type"), **spec)
@@ -64,19 +64,12 @@ def load(shape: str, dtype, device: str, quant: str):
         if not (cache / "config.json").is_file():
             with torch.device("cuda"):
                 AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(cache)
-        model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype, device_map={"": 0}, quantization_config=_bnb(quant, dtype))
+        model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype, device_map={"": 0},
+                                                     quantization_config=quantization_config(quant, dtype))
     else:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model, _tokenizer_for(config.vocab_size)
-
-
-def _bnb(quant: str, dtype):
-    if quant == "none":
-        return None
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
 
 
 class _FoldedTokenizer:
@@ -113,17 +106,16 @@ def run_side(args) -> dict:
     import torch
 
     from qdtool.config import TrainConfig
-    from qdtool.core.adapters import Hardware, add_lora
     from qdtool.core.batching import IGNORE_INDEX, MicroBatch, pack
+    from qdtool.core.hardware import Device, select_device
+    from qdtool.core.lora import add_lora
     from qdtool.core.training import _train_step
-
-    from qdtool.core.adapters import detect_hardware
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.side == "seed":  # the old script: fp32 on CPU, bf16 on GPU
         precision = "fp32" if device == "cpu" else "bf16"
     else:  # whatever qdtool train picks here (bf16 on CPUs with native bf16)
-        precision = detect_hardware(TrainConfig(quantization=args.quant if args.quant != "none" else "none")).precision
+        precision = select_device(TrainConfig(quantization=args.quant if args.quant != "none" else "none")).precision
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     torch.manual_seed(0)
     model, tokenizer = load(args.shape, dtype, device, args.quant)
@@ -155,7 +147,7 @@ def run_side(args) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     autocast = torch.autocast(device, dtype=dtype) if precision != "fp32" else None
-    hardware = Hardware(device, precision, device)
+    hardware = Device(device, precision, device)
     params = sum(p.numel() for p in model.parameters())
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

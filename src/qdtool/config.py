@@ -9,11 +9,14 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from qdtool.errors import ConfigError
+
+if TYPE_CHECKING:
+    from qdtool.core.prompts import PromptOptions
 
 CACHE_ENV = "QDTOOL_CACHE"
 
@@ -114,9 +117,11 @@ class TrainConfig(BaseModel):
             raise ValueError("\n".join(problems))
         return self
 
-    def prompt_options(self) -> dict[str, Any]:
-        """The prompt settings, as `render_prompt` / `encode_sample` take them (train = decompose = eval)."""
-        return {"template": self.template, "language": self.language, "instruction": self.instruction}
+    def prompt_options(self) -> PromptOptions:
+        """The prompt settings, as `render_prompt` / `encode_prompt` / `encode_sample` take them (train = decompose = eval)."""
+        from qdtool.core.prompts import PromptOptions
+
+        return PromptOptions(self.template, self.language, self.instruction)
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

@@ -87,10 +87,10 @@ def _read_only(monkeypatch, directory: Path) -> None:
 
 
 def test_a_read_only_output_dir_is_refused_before_anything_loads(tiny_model_dir, tmp_path, monkeypatch):
-    from qdtool.core import adapters, modeling
+    from qdtool.core import modeling
 
     monkeypatch.setattr(modeling, "load_tokenizer", lambda *a, **k: pytest.fail("nothing may load"))
-    monkeypatch.setattr(adapters, "load_base_model", lambda *a, **k: pytest.fail("nothing may load"))
+    monkeypatch.setattr(modeling, "load_base_model", lambda *a, **k: pytest.fail("nothing may load"))
     shelf = tmp_path / "shelf"
     (shelf / "existing").mkdir(parents=True)
     _read_only(monkeypatch, shelf)
@@ -105,9 +105,9 @@ def test_a_read_only_output_dir_is_refused_before_anything_loads(tiny_model_dir,
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 0o555; the test above injects the refusal")
 def test_an_unwritable_output_dir_is_refused_before_anything_loads(tiny_model_dir, tmp_path, monkeypatch):
-    from qdtool.core import adapters
+    from qdtool.core import modeling
 
-    monkeypatch.setattr(adapters, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(modeling, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
     shelf = tmp_path / "shelf"
     shelf.mkdir()
     shelf.chmod(0o555)

@@ -12,7 +12,7 @@ import torch
 
 from conftest import build_tiny_model
 from qdtool.config import TrainConfig
-from qdtool.core.adapters import add_lora
+from qdtool.core.lora import add_lora
 from qdtool.core.checkpoint import (
     check_same_data, checkpoint_dirs, data_fingerprint, drop_after, latest_checkpoint, load_checkpoint, resumable_state,
     rng_state, save_checkpoint,

@@ -181,7 +181,9 @@ def test_predict_with_a_limit_generates_only_the_first_questions(monkeypatch):
 
     class Decomposer:
         def __init__(self):
-            self.prompt_options = {}
+            from qdtool.core.prompts import PromptOptions
+
+            self.prompt_options = PromptOptions()
 
     asked = []
 

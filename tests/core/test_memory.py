@@ -8,7 +8,7 @@ from transformers import AutoConfig
 
 from conftest import build_tiny_model
 from qdtool.config import TrainConfig
-from qdtool.core.adapters import add_lora
+from qdtool.core.lora import add_lora
 from qdtool.core.presets import model_shape
 from qdtool.core.memory import GIB, Shape, activation_bytes_per_token_layer, estimate, lora_params, weight_bytes
 

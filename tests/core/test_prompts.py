@@ -8,7 +8,9 @@ from qdtool.core.prompts import (
     IGNORE_INDEX,
     INSTRUCTIONS,
     PLAIN_TEMPLATE,
+    PromptOptions,
     detect_language,
+    encode_prompt,
     encode_sample,
     format_answer,
     parse_sub_questions,
@@ -32,16 +34,18 @@ def test_korean_question_gets_the_seed_korean_instruction():
     question = "세종대왕이 태어났을 때 조선은 건국된 지 100년이 넘었는가?"
     assert detect_language(question) == "ko" and detect_language(Q) == "en"
     assert "복잡한 질문을 단순한 여러 개의 하위 질문으로 분해하세요." in render_prompt(question)
-    assert INSTRUCTIONS["en"] in render_prompt(question, language="en")
-    assert "Split it." in render_prompt(question, instruction="Split it.")
+    assert INSTRUCTIONS["en"] in render_prompt(question, options=PromptOptions(language="en"))
+    assert "Split it." in render_prompt(question, options=PromptOptions(instruction="Split it."))
 
 
 def test_chat_template_used_when_present(tiny_chat_tokenizer, tiny_tokenizer):
     prompt = render_prompt(Q, tiny_chat_tokenizer)
     assert prompt == f"<bos><start_of_turn>user\n{INSTRUCTIONS['en']}\n\n{Q}<end_of_turn>\n<start_of_turn>model\n"
-    assert render_prompt(Q, tiny_chat_tokenizer, template="plain").startswith("### Instruction:")
+    assert render_prompt(Q, tiny_chat_tokenizer, PromptOptions(template="plain")).startswith("### Instruction:")
     with pytest.raises(ConfigError, match="no chat template"):
-        render_prompt(Q, tiny_tokenizer, template="chat")
+        render_prompt(Q, tiny_tokenizer, PromptOptions(template="chat"))
+    with pytest.raises(ConfigError, match="no chat template"):
+        encode_prompt(tiny_tokenizer, Q, PromptOptions(template="chat"))
 
 
 def test_answer_format():
@@ -62,6 +66,32 @@ def test_labels_are_exactly_the_answer_and_eos(tiny_tokenizer, tiny_chat_tokeniz
     supervised = [t for t in sample.labels if t != IGNORE_INDEX]
     assert tok.decode(supervised[:-1]) == format_answer(STEPS)
     assert supervised[-1] == tok.eos_token_id
+    assert encode_prompt(tok, Q) == prompt_ids  # the prompt decompose feeds is the one training learned after
+
+
+@pytest.mark.parametrize(("template", "bos_from"), [("plain", "tokenizer"), ("chat", "template")])
+def test_encode_prompt_has_one_bos_whoever_writes_it(tiny_chat_tokenizer, template, bos_from):
+    """The plain prompt gets its BOS from the tokenizer, a chat prompt from its template: one either way."""
+    options = PromptOptions(template=template)
+    ids = encode_prompt(tiny_chat_tokenizer, Q, options)
+    text = render_prompt(Q, tiny_chat_tokenizer, options)
+    assert text.startswith("<bos>") == (bos_from == "template")
+    assert ids[0] == tiny_chat_tokenizer.bos_token_id and ids.count(tiny_chat_tokenizer.bos_token_id) == 1
+    assert tiny_chat_tokenizer.decode(ids[1:]) == text.removeprefix("<bos>")
+
+
+def test_prompt_options_carry_a_run_config_and_few_shot_examples(tiny_tokenizer):
+    from qdtool.config import TrainConfig
+
+    options = TrainConfig(template="plain", language="ko", instruction=None).prompt_options()
+    assert options == PromptOptions("plain", "ko", None)
+    with pytest.raises(AttributeError):
+        options.language = "en"  # frozen: one run's settings cannot drift
+    shots = PromptOptions(shots=[("Is water wet?", ["What is water?", "Is #1 wet?"])])
+    prompt = render_prompt(Q, tiny_tokenizer, shots)
+    demo = PLAIN_TEMPLATE.format(instruction=INSTRUCTIONS["en"], question="Is water wet?") + "1. What is water?\n2. Is #1 wet?\n\n"
+    assert prompt.startswith(demo)
+    assert prompt.endswith(render_prompt(Q, tiny_tokenizer))
 
 
 @pytest.mark.parametrize(

@@ -186,8 +186,9 @@ def test_grad_accumulation_equals_one_big_batch(tiny_tokenizer):
     import copy
 
     from conftest import build_tiny_model
-    from qdtool.core.adapters import Hardware, add_lora
     from qdtool.core.batching import pack
+    from qdtool.core.hardware import Device
+    from qdtool.core.lora import add_lora
     from qdtool.core.prompts import encode_sample
 
     records = [json.loads(line) for line in (EXAMPLES / "strategyqa_train.jsonl").read_text().splitlines()[:4]]
@@ -204,7 +205,7 @@ def test_grad_accumulation_equals_one_big_batch(tiny_tokenizer):
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        training._train_step(model, optimizer, scheduler, None, None, micro, config, Hardware("cpu", "fp32", "CPU"), 0)
+        training._train_step(model, optimizer, scheduler, None, None, micro, config, Device("cpu", "fp32", "CPU"), 0)
         updated.append(torch.cat([p.detach().flatten() for p in params]))
     torch.testing.assert_close(updated[0], updated[1], rtol=1e-5, atol=1e-6)
     assert not torch.equal(updated[0], torch.cat([p.detach().flatten() for p in base.parameters() if p.requires_grad]))
@@ -233,22 +234,12 @@ def test_fsdp_in_one_process_warns_on_cpu_and_stops_on_a_gpu(tiny_model_dir, dat
         with pytest.raises(ConfigError, match=reason):
             make_config(tiny_model_dir, data_file, tmp_path / "bad", sharding="fsdp", **bad)
     # on a GPU one process would hold the whole model FSDP was meant to split: stop before loading it
-    from qdtool.core import adapters
+    from qdtool.core import hardware, modeling
 
-    monkeypatch.setattr(adapters, "detect_hardware", lambda config: adapters.Hardware("cuda", "bf16", "Fake GPU"))
-    monkeypatch.setattr(adapters, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(hardware, "select_device", lambda config: hardware.Device("cuda", "bf16", "Fake GPU"))
+    monkeypatch.setattr(modeling, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
     with pytest.raises(ConfigError, match="launch with torchrun --nproc_per_node N"):
         training.train(make_config(tiny_model_dir, data_file, tmp_path / "gpu", sharding="fsdp"))
-
-
-def test_auto_precision_under_fsdp_is_never_fp16(monkeypatch):
-    from qdtool.core.adapters import detect_hardware
-
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    monkeypatch.setattr("torch.cuda.get_device_name", lambda index=0: "Tesla T4")
-    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *a, **k: False)
-    assert detect_hardware(TrainConfig()).precision == "fp16"
-    assert detect_hardware(TrainConfig(sharding="fsdp")).precision == "fp32"  # no sharded gradient scaler
 
 
 def test_a_checkpoint_resumes_only_as_it_was_written(tiny_model_dir, data_file, tmp_path, monkeypatch):
@@ -312,7 +303,7 @@ def _stop_after(monkeypatch, step: int) -> None:
 
 
 def test_resume_refuses_changed_data_and_never_runs_a_planted_pickle(tiny_model_dir, data_file, tmp_path, monkeypatch):
-    from qdtool.core import adapters
+    from qdtool.core import modeling
 
     data = tmp_path / "train.jsonl"
     data.write_bytes(data_file.read_bytes())
@@ -329,7 +320,7 @@ def test_resume_refuses_changed_data_and_never_runs_a_planted_pickle(tiny_model_
     lines = original.decode().splitlines(keepends=True)
     data.write_text("".join(lines[1:] + lines[:1]), encoding="utf-8")  # same records, same size, other order
     with monkeypatch.context() as patch:
-        patch.setattr(adapters, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
+        patch.setattr(modeling, "load_base_model", lambda *a, **k: pytest.fail("the model must not load"))
         with pytest.raises(TrainingError, match=rf"{data} \(train data\) changed since {step_2} was written.*pass --overwrite"):
             training.train(make_config(tiny_model_dir, data, out))
 

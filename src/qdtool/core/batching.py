@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 from qdtool.core.data import Record
-from qdtool.core.prompts import IGNORE_INDEX, EncodedSample, encode_sample
+from qdtool.core.prompts import IGNORE_INDEX, EncodedSample, PromptOptions, encode_sample
 from qdtool.errors import DataError
 
 
@@ -31,12 +31,12 @@ def encode_records(
     tokenizer: Any,
     max_seq_len: int,
     overlong: Literal["drop", "truncate", "error"] = "drop",
-    **prompt_options: Any,
+    prompt: PromptOptions = PromptOptions(),
 ) -> EncodedSet:
     """Encode every record; over-long samples are dropped, truncated or refused, and counted."""
     result = EncodedSet([])
     for record in records:
-        sample = encode_sample(tokenizer, record.question, record.sub_questions, **prompt_options)
+        sample = encode_sample(tokenizer, record.question, record.sub_questions, prompt)
         if len(sample) <= max_seq_len:
             result.samples.append(sample)
             continue

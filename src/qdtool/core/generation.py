@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from qdtool.core.prompts import parse_sub_questions, render_prompt, uses_chat_template
+from qdtool.core.hardware import Device, select_device
+from qdtool.core.prompts import PromptOptions, encode_prompt, parse_sub_questions, render_prompt
+from qdtool.core.rundir import RunDir
 from qdtool.errors import DataError, UsageError
 
 Progress = Callable[[int, int], None]  # (done, total)
-RUN_CONFIG = "run_config.yaml"
 # End-of-turn markers of common chat templates: generation stops there and parsing cuts there.
 _TURN_ENDS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>")
 
@@ -40,7 +41,7 @@ class Decomposer:
 
     model: Any
     tokenizer: Any
-    prompt_options: dict[str, Any] = field(default_factory=dict)
+    prompt_options: PromptOptions = field(default_factory=PromptOptions)
     source: str = ""
 
     @property
@@ -54,15 +55,7 @@ class Decomposer:
         return [self.tokenizer.eos_token, *markers] if self.tokenizer.eos_token else markers
 
     def prompt(self, question: str) -> str:
-        return render_prompt(question, self.tokenizer, **self.prompt_options)
-
-
-def latest_run(runs_dir: Path = Path("runs")) -> Path | None:
-    """The most recently finished (or last written) run directory under runs/."""
-    if not runs_dir.is_dir():
-        return None
-    runs = [p for p in runs_dir.iterdir() if (p / RUN_CONFIG).is_file() and ((p / "adapter").is_dir() or (p / "config.json").is_file())]
-    return max(runs, key=lambda p: (p / RUN_CONFIG).stat().st_mtime, default=None)
+        return render_prompt(question, self.tokenizer, self.prompt_options)
 
 
 def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code: bool = False, progress=None) -> Decomposer:
@@ -72,72 +65,68 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
     on a GPU when it was trained so); a merged dir or any other spec loads as is.
 
     Raises:
-        UsageError: no spec and no run under runs/; the spec is a path that does not exist.
+        UsageError: no spec and no run under runs/; the spec is a path that does not exist; `device`
+            is not auto, cpu or cuda, or is cuda where no GPU is visible.
         ModelError: the spec cannot be loaded (a hub id that is neither cached nor reachable fails before torch loads).
     """
     from qdtool.config import load_train_config
-    from qdtool.core.modeling import check_available, load_model, load_tokenizer
+    from qdtool.core.modeling import check_available
 
     if spec is None:
-        found = latest_run()
+        found = RunDir.latest()
         if found is None:
             raise UsageError("no model given and no run in runs/: pass --model RUN_DIR, a merged model dir, a hub id, or 'embedded'")
         spec = str(found)
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda (got {device})")
-    path = Path(spec)
-    run_config = path / RUN_CONFIG
-    is_run = run_config.is_file() and (path / "adapter").is_dir()
+    run = RunDir(spec)
+    config = load_train_config(run.config) if run.is_run() and run.adapter.is_dir() else None
     # Before torch is imported: a mistyped path or an unreachable hub id fails in a second or two.
-    check_available(load_train_config(run_config).model if is_run else spec, progress)
-
-    import torch
-
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is visible")
-    if use_cuda:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        from qdtool.core.adapters import cpu_has_fast_bf16
-
-        dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    device_map = {"": 0} if use_cuda else None
+    check_available(config.model if config is not None else spec, progress)
+    target = select_device(device=device)
     # Only this command's own flag runs a model repo's code: a run dir's run_config.yaml may come
     # from anyone, so its trust_remote_code is never read (load_train_config drops it too).
-    if is_run:
-        from peft import PeftModel
-
-        from qdtool.core.modeling import refuse_pickle_weights
-
-        refuse_pickle_weights(path / "adapter", adapter=True)
-        config = load_train_config(run_config)
-        quantization = None
-        if use_cuda and config.quantization == "4bit":
-            from transformers import BitsAndBytesConfig
-
-            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_use_double_quant=config.double_quant, bnb_4bit_compute_dtype=dtype)
-        base = load_model(config.model, dtype=dtype, device_map=device_map, quantization_config=quantization,
-                          trust_remote_code=trust_remote_code, progress=progress)
-        model = PeftModel.from_pretrained(base, str(path / "adapter"))
-        if quantization is None and dtype == torch.float32:
-            # Fold the adapter into fp32 weights in memory: the same function up to float rounding,
-            # without per-layer LoRA matmuls at every token. In 16 bits merging rounds W + BA and
-            # shifts logits (see core/merging.py), so there the adapter stays separate.
-            model = model.merge_and_unload()
-        tokenizer = load_tokenizer(str(path / "adapter"))
-        options = config.prompt_options()
+    if config is not None:
+        model, tokenizer = _load_run(run, config, target, trust_remote_code, progress)
     else:
-        if path.is_dir():
-            _check_model_dir(path)
-        model = load_model(spec, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, progress=progress)
-        tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code, progress=progress)
-        options = load_train_config(run_config).prompt_options() if run_config.is_file() else {}
+        model, tokenizer = _load_model(spec, target, trust_remote_code, progress)
+        config = load_train_config(run.config) if run.is_run() else None  # a merged dir keeps its run's
     model.eval()
     _contiguous_head_input(model)
     tokenizer.padding_side = "left"  # generation continues on the right
-    return Decomposer(model, tokenizer, options, spec)
+    return Decomposer(model, tokenizer, config.prompt_options() if config is not None else PromptOptions(), spec)
+
+
+def _load_run(run: RunDir, config: Any, target: Device, trust_remote_code: bool, progress) -> tuple[Any, Any]:
+    """A run's base model with its adapter on top, and the tokenizer saved with the adapter."""
+    from peft import PeftModel
+
+    from qdtool.core.modeling import load_model, load_tokenizer, quantization_config, refuse_pickle_weights
+
+    refuse_pickle_weights(run.adapter, adapter=True)
+    four_bit = target.device == "cuda" and config.quantization == "4bit"
+    quantization = quantization_config("4bit", target.dtype, double_quant=config.double_quant) if four_bit else None
+    base = load_model(config.model, dtype=target.dtype, device_map=_device_map(target), quantization_config=quantization,
+                      trust_remote_code=trust_remote_code, progress=progress)
+    model = PeftModel.from_pretrained(base, str(run.adapter))
+    if quantization is None and target.precision == "fp32":
+        # Fold the adapter into fp32 weights in memory: the same function up to float rounding,
+        # without per-layer LoRA matmuls at every token. In 16 bits merging rounds W + BA and
+        # shifts logits (see core/merging.py), so there the adapter stays separate.
+        model = model.merge_and_unload()
+    return model, load_tokenizer(str(run.adapter))
+
+
+def _load_model(spec: str, target: Device, trust_remote_code: bool, progress) -> tuple[Any, Any]:
+    """A model as it is (a merged dir, a hub id, embedded), and its tokenizer."""
+    from qdtool.core.modeling import load_model, load_tokenizer
+
+    if Path(spec).is_dir():
+        _check_model_dir(Path(spec))
+    model = load_model(spec, dtype=target.dtype, device_map=_device_map(target), trust_remote_code=trust_remote_code, progress=progress)
+    return model, load_tokenizer(spec, trust_remote_code=trust_remote_code, progress=progress)
+
+
+def _device_map(target: Device) -> dict[str, int] | None:
+    return {"": target.index} if target.device == "cuda" else None
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -151,7 +140,7 @@ def _check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         return  # resolve_model says what this directory is instead
     again = "run `qdtool merge RUN_DIR --overwrite` again, or pass the run directory itself"
-    if (path / RUN_CONFIG).is_file() and not (path / MARKER).is_file():
+    if RunDir(path).is_run() and not (path / MARKER).is_file():
         raise ModelError(f"{path} is an incomplete merge output (no {MARKER}, which merge writes last): {again}")
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelError(f"{path} has model weights but no tokenizer ({', '.join(_TOKENIZER_FILES)}): an incomplete model "
@@ -286,8 +275,7 @@ def decompose_stream(
             row is listed, before anything is generated.
     """
     tokenizer, model = decomposer.tokenizer, decomposer.model
-    chat = uses_chat_template(tokenizer, decomposer.prompt_options.get("template", "auto"))
-    encoded = [_encode(decomposer, row, chat) for row in rows]
+    encoded = [_encode(decomposer, row) for row in rows]
     _check_lengths(rows, encoded, prompt_limit(model, settings), settings, source, numbers)
     gen_kwargs = _generation_kwargs(decomposer, settings)
     window = settings.batch_size * _WINDOW_BATCHES
@@ -313,11 +301,11 @@ def decompose_stream(
 _WINDOW_BATCHES = 4
 
 
-def _encode(decomposer: Decomposer, row: dict[str, Any], chat: bool) -> list[int] | None:
+def _encode(decomposer: Decomposer, row: dict[str, Any]) -> list[int] | None:
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         return None
-    return decomposer.tokenizer(decomposer.prompt(question), add_special_tokens=not chat)["input_ids"]  # as in training
+    return encode_prompt(decomposer.tokenizer, question, decomposer.prompt_options)  # as in training
 
 
 def prompt_limit(model: Any, settings: GenerationSettings) -> tuple[int, str]:
@@ -411,5 +399,5 @@ def _until_stop(text: str, tokenizer: Any, stop_markers: Sequence[str]) -> str:
     return text.strip()
 
 
-__all__ = ["Decomposer", "Decomposition", "GenerationSettings", "decompose", "decompose_stream", "latest_run", "load_decomposer",
+__all__ = ["Decomposer", "Decomposition", "GenerationSettings", "decompose", "decompose_stream", "load_decomposer",
            "prompt_limit", "read_questions"]

@@ -8,12 +8,13 @@ is built beside its destination and swapped in whole, with qdtool_merge.json wri
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from qdtool.core.files import read_json, write_json_atomic
+from qdtool.core.rundir import RunDir
 from qdtool.errors import ConfigError, TrainingError, UsageError
 
 MARKER = "qdtool_merge.json"  # written last: a merge output without it is incomplete
@@ -44,12 +45,6 @@ class MergeResult:
         return asdict(self)
 
 
-def _dtype(name: str) -> Any:
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
 def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str = "bf16", overwrite: bool = False,
           trust_remote_code: bool = False, progress: Progress | None = None) -> MergeResult:
     """Merge `run_dir/adapter` into its base model and save safetensors + tokenizer + model card.
@@ -68,15 +63,32 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
         WriteError: the disk refused the write; nothing is left half-written.
     """
     from qdtool.config import load_train_config
-    from qdtool.core.files import atomic_dir, ensure_writable_dir
-    from qdtool.core.modeling import check_available, load_model, load_tokenizer, refuse_pickle_weights
+    from qdtool.core.files import ensure_writable_dir
+    from qdtool.core.modeling import check_available, refuse_pickle_weights
 
     say = progress or (lambda _m: None)
-    run = Path(run_dir)
+    run = RunDir(run_dir)
     _check_run(run)
     if dtype not in TOLERANCE:
         raise ConfigError(f"--dtype must be one of {', '.join(TOLERANCE)} (got {dtype})")
-    out = Path(output) if output else run / "merged"
+    out = Path(output) if output else run.merged
+    _check_output(out, overwrite)
+    refuse_pickle_weights(run.adapter, adapter=True)  # before anything is loaded
+    ensure_writable_dir(out.parent)  # a read-only destination fails now, not after loading and checking the model
+    config = load_train_config(run.config)
+    check_available(config.model, say)  # a base model that cannot be had fails now, before torch is imported
+
+    say(f"loading {config.model} in {dtype} (never 4-bit, whatever the training used)")
+    model, tokenizer, parameters, size_gb = _load(run, config, dtype, out, trust_remote_code, say)
+    merged, diff = _merge_checked(model, tokenizer, config, dtype, say)
+    say(f"writing {out}")
+    result = MergeResult(str(out), config.model, dtype, diff, TOLERANCE[dtype], parameters, round(size_gb, 3))
+    _write(out, run, config, merged, tokenizer, result)
+    return result
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output that is a file, or a directory that `overwrite` may not (or must never) replace."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; --output takes a directory")
     if out.exists() and any(out.iterdir()):
@@ -85,21 +97,31 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
         if not (out / MARKER).is_file():
             raise UsageError(f"{out} is not a complete qdtool merge output (no {MARKER}); qdtool will not delete it. If it is "
                              "what an interrupted merge left, remove it yourself; otherwise choose another --output")
-    refuse_pickle_weights(run / "adapter", adapter=True)  # before anything is loaded
-    ensure_writable_dir(out.parent)  # a read-only destination fails now, not after loading and checking the model
-    config = load_train_config(run / "run_config.yaml")
-    check_available(config.model, say)  # a base model that cannot be had fails now, before torch is imported
 
+
+def _load(run: RunDir, config: Any, dtype: str, out: Path, trust_remote_code: bool, say: Progress) -> tuple[Any, Any, int, float]:
+    """Base + adapter in `dtype`, its tokenizer, the base's parameter count and size in GB (checked against the free disk)."""
     import torch
     from peft import PeftModel
 
-    say(f"loading {config.model} in {dtype} (never 4-bit, whatever the training used)")
-    base = load_model(config.model, dtype=_dtype(dtype), trust_remote_code=trust_remote_code, progress=say)
+    from qdtool.core.hardware import torch_dtype
+    from qdtool.core.modeling import load_model, load_tokenizer
+
+    base = load_model(config.model, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, progress=say)
     parameters = sum(p.numel() for p in base.parameters())
-    size_gb = parameters * torch.finfo(_dtype(dtype)).bits / 8 / 1e9
+    size_gb = parameters * torch.finfo(torch_dtype(dtype)).bits / 8 / 1e9
     _check_disk(out, size_gb)
-    tokenizer = load_tokenizer(str(run / "adapter"))
-    model = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+    tokenizer = load_tokenizer(str(run.adapter))
+    return PeftModel.from_pretrained(base, str(run.adapter)).eval(), tokenizer, parameters, size_gb
+
+
+def _merge_checked(model: Any, tokenizer: Any, config: Any, dtype: str, say: Progress) -> tuple[Any, float]:
+    """The merged model and its max |logit difference| from base + adapter on rendered prompts.
+
+    Raises:
+        TrainingError: the logits are not finite, or differ beyond the tolerance for `dtype`.
+    """
+    import torch
 
     say("checking: logits of base + adapter")
     batch = _probe_batch(tokenizer, config)
@@ -113,46 +135,49 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
     diff = float((got - expected).abs()[mask].max())
     finite = bool(torch.isfinite(expected[mask]).all() and torch.isfinite(got[mask]).all())
     if not finite:
-        raise TrainingError(f"merge check failed: the model produces non-finite logits in {dtype}; nothing was written. Try --dtype fp32 or bf16.")
+        raise TrainingError(f"merge check failed: the model produces non-finite logits in {dtype}; nothing was written. "
+                            "Try --dtype fp32 or bf16.")
     if diff > TOLERANCE[dtype]:
         raise TrainingError(
             f"merge check failed: merged logits differ from base + adapter by {diff:.4g} (tolerance {TOLERANCE[dtype]} for {dtype}); "
             "nothing was written. Try --dtype fp32."
         )
+    return merged, diff
 
-    say(f"writing {out}")
-    result = MergeResult(str(out), config.model, dtype, diff, TOLERANCE[dtype], parameters, round(size_gb, 3))
+
+def _write(out: Path, run: RunDir, config: Any, merged: Any, tokenizer: Any, result: MergeResult) -> None:
+    """The merged model, tokenizer, generation config, run config and card, swapped in whole at `out`."""
+    from qdtool.core.files import atomic_dir
+
     merged.config.use_cache = True
-    with atomic_dir(out, needed_bytes=int(size_gb * 1e9)) as tmp:
+    with atomic_dir(out, needed_bytes=int(result.size_gb * 1e9)) as tmp:
         merged.save_pretrained(str(tmp), max_shard_size="2GB")  # safetensors (the only format transformers 5 writes)
         tokenizer.save_pretrained(str(tmp))
         _generation_config(merged, tokenizer).save_pretrained(str(tmp))
-        shutil.copy(run / "run_config.yaml", tmp / "run_config.yaml")  # decompose reads the prompt settings from it
+        shutil.copy(run.config, tmp / run.config.name)  # decompose reads the prompt settings from it
         (tmp / "README.md").write_text(model_card(run, config, result), encoding="utf-8")
-        (tmp / MARKER).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")  # last: the dir is complete
-    return result
+        write_json_atomic(tmp / MARKER, result.to_dict())  # last: the dir is complete
 
 
-def _check_run(run: Path) -> None:
+def _check_run(run: RunDir) -> None:
     """A finished run dir, or a message that says what it lacks."""
-    if not (run / "run_config.yaml").is_file():
-        if (run / "adapter_config.json").is_file() and (run.parent / "run_config.yaml").is_file():
-            raise UsageError(f"{run} is the adapter of a run; pass the run directory instead: qdtool merge {run.parent}")
+    if not run.is_run():
+        owner = RunDir.holding_adapter(run.path)
+        if owner is not None:
+            raise UsageError(f"{run} is the adapter of a run; pass the run directory instead: qdtool merge {owner}")
         raise UsageError(f"{run} is not a qdtool run (it has no run_config.yaml); train one with `qdtool train`")
-    if not (run / "adapter" / "adapter_config.json").is_file():
+    if not run.has_adapter():
         raise UsageError(f"{run} has no adapter/ (adapter/adapter_config.json): the run may not have finished training. "
-                         f"Resume it with `qdtool train --config {run / 'run_config.yaml'}`")
+                         f"Resume it with `{run.resume_command}`")
 
 
 def _probe_batch(tokenizer: Any, config: Any) -> dict[str, Any]:
+    """Rendered prompts with an answer, as training encodes them (`encode_sample`), right-padded."""
     import torch
 
-    from qdtool.core.prompts import format_answer, render_prompt, uses_chat_template
+    from qdtool.core.prompts import encode_sample
 
-    chat = uses_chat_template(tokenizer, config.template)
-    texts = [render_prompt(q, tokenizer, **config.prompt_options())
-             + format_answer(["First step?", "Second step using #1?"]) for q in _PROBES]
-    rows = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+    rows = [encode_sample(tokenizer, q, ["First step?", "Second step using #1?"], config.prompt_options()).input_ids for q in _PROBES]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return {
@@ -181,7 +206,7 @@ def _check_disk(out: Path, size_gb: float) -> None:
         raise UsageError(f"not enough disk space for the merged model: {size_gb:.1f} GB needed, {free_gb:.1f} GB free at {parent}")
 
 
-def model_card(run: Path, config: Any, result: MergeResult) -> str:
+def model_card(run: RunDir, config: Any, result: MergeResult) -> str:
     from qdtool import __version__
     from qdtool.config import dump_config
 
@@ -189,11 +214,11 @@ def model_card(run: Path, config: Any, result: MergeResult) -> str:
         "Gemma Terms of Use (https://ai.google.dev/gemma/terms): this is a derivative of Gemma 3 270M."
         if config.model == "embedded" else f"the licence of the base model `{config.model}` applies; see its model card."
     )
-    summary = json.loads((run / "run_summary.json").read_text()) if (run / "run_summary.json").is_file() else {}
+    summary = read_json(run.summary, default={})
     data = str(config.data) if config.data else "qdtool's bundled examples (StrategyQA, MIT; Korean samples by the qdtool team)"
     lines = [
         "---", "tags: [qdtool, question-decomposition, lora-merged]", "---", "",
-        f"# Question decomposer merged from `{run.name}`", "",
+        f"# Question decomposer merged from `{run.path.name}`", "",
         "Splits a complex question into simple sub-questions (numbered, one per line; `#k` refers to the answer of step k).",
         f"Made with qdtool {__version__}: LoRA fine-tuning, then the adapter merged into the base in {result.dtype}.", "",
         "| | |", "|---|---|",
@@ -206,9 +231,9 @@ def model_card(run: Path, config: Any, result: MergeResult) -> str:
         f"| merge check | max abs logit difference {result.max_abs_logit_diff:.3g} (tolerance {result.tolerance}) |",
         "",
     ]
-    report = run / "eval" / "report.json"
-    if report.is_file():
-        metrics = json.loads(report.read_text()).get("metrics", {})
+    report = read_json(run.path / "eval" / "report.json", default=None)
+    if isinstance(report, dict):
+        metrics = report.get("metrics", {})
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if isinstance(v, (int, float))]
         lines.append("")

