@@ -1,0 +1,130 @@
+"""The layout of a run directory, in one place: what `train` writes and `merge` / `decompose` read.
+
+    runs/NAME/
+      run_config.yaml   the resolved settings; written once the model has loaded
+      adapter/          LoRA weights, tokenizer and card; written whole at the end
+      run_summary.json  what happened; written last, so its presence means the run finished
+      metrics.jsonl     one row per step and per evaluation; loss.png, its curves
+      checkpoints/      step-N/ resume points, removed once the adapter is written
+      merged/           `qdtool merge`'s default output
+      .lock             held by the one `train` that runs here
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import IO
+
+from qdtool.errors import ConfigError
+
+RUNS = Path("runs")  # where `qdtool train` puts its runs by default
+
+
+class RunDir:
+    """A run directory: its paths, and the few facts about it that several commands ask."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "run_config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "run_summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / "loss.png"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def merged(self) -> Path:
+        return self.path / "merged"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    @property
+    def resume_command(self) -> str:
+        return f"qdtool train --config {self.config}"
+
+    def is_run(self) -> bool:
+        """Whether a qdtool run was started here (its settings are saved)."""
+        return self.config.is_file()
+
+    def is_finished(self) -> bool:
+        return self.summary.is_file()
+
+    def has_adapter(self) -> bool:
+        """Whether the adapter is complete enough to load (its adapter_config.json is there)."""
+        return (self.adapter / "adapter_config.json").is_file()
+
+    def has_trained(self) -> bool:
+        """Whether it holds something a run trained: a checkpoint to resume, an adapter, a summary."""
+        from qdtool.core.checkpoint import latest_checkpoint
+
+        return self.is_finished() or self.adapter.exists() or latest_checkpoint(self.checkpoints) is not None
+
+    def holds_files(self) -> bool:
+        """Whether anything but the lock file is here."""
+        return self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir())
+
+    def clear(self) -> None:
+        """Delete everything but the lock file (which another `train` may be waiting on)."""
+        for path in self.path.iterdir():
+            if path.name != ".lock":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def lock(self) -> IO[str]:
+        """An exclusive lock on the directory, held until the returned file is closed.
+
+        Raises:
+            ConfigError: another `train` holds it.
+        """
+        import fcntl
+
+        handle = self.lock_file.open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ConfigError(f"another qdtool train is running in {self.path}; wait for it, or stop it first "
+                              "(Ctrl-C saves a checkpoint)") from None
+        return handle
+
+    @classmethod
+    def holding_adapter(cls, path: str | Path) -> RunDir | None:
+        """The run whose adapter/ `path` is (people pass RUN/adapter for RUN), else None."""
+        path = Path(path)
+        run = cls(path.parent)
+        return run if (path / "adapter_config.json").is_file() and run.is_run() else None
+
+    @classmethod
+    def latest(cls, runs: Path = RUNS) -> RunDir | None:
+        """The run under `runs` whose settings were written last, among those with an adapter or a merged model."""
+        if not runs.is_dir():
+            return None
+        found = [cls(p) for p in runs.iterdir()]
+        found = [r for r in found if r.is_run() and (r.adapter.is_dir() or (r.path / "config.json").is_file())]
+        return max(found, key=lambda r: r.config.stat().st_mtime, default=None)
