@@ -138,28 +138,39 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 
-def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> TrainConfig:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a YAML config file, not yet validated.
+
+    Raises:
+        ConfigError: no such file, not YAML, or not a mapping.
+    """
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings (got {type(loaded).__name__})")
+    return loaded or {}
+
+
+def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None,
+                      *, from_file: dict[str, Any] | None = None) -> TrainConfig:
     """`base` (a preset's settings) under the YAML file (if any) under CLI overrides, validated at
-    once: every problem is reported.
+    once: every problem is reported. `from_file`: the file's settings, when the caller has read them
+    already (`read_config_file`).
 
     Raises:
         ConfigError: unreadable YAML, unknown keys or bad values, listed together.
     """
-    import yaml
-
     values: dict[str, Any] = dict(base or {})
     source = "command line"
     if path is not None:
         source = f"{path} + command line"
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings (got {type(loaded).__name__})")
-        values.update(loaded or {})
+        values.update(read_config_file(path) if from_file is None else from_file)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     # Remote code runs only when this command line asks for it: a YAML file, and above all a
     # downloaded run dir's run_config.yaml (read by resume, merge and decompose), never switches it on.

@@ -80,7 +80,7 @@ def train(
     **fields: Any,
 ) -> None:
     """Fine-tune a LoRA adapter that turns the model into a question decomposer."""
-    from qdtool.config import load_train_config
+    from qdtool.core.presets import plan_training
     from qdtool.core.training import train as run
 
     quiet_libraries()
@@ -89,8 +89,9 @@ def train(
         clear_max_steps = overrides.get("max_steps") == 0  # --max-steps 0: train by --epochs instead
         if clear_max_steps:
             del overrides["max_steps"]
-        base = _preset(preset, config, overrides) if preset else None
-        settings = load_train_config(config, overrides, base=base)
+        settings, choice = plan_training(preset, config, overrides)
+        if choice is not None:
+            _show_choice(choice)
         if clear_max_steps:
             settings = settings.model_copy(update={"max_steps": None})
         with _Progress() as progress:
@@ -102,20 +103,12 @@ def train(
     _summary(result)
 
 
-def _preset(name: str, config: Optional[Path], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The preset's settings; `auto` plans for the model and data that --config / flags name."""
-    from qdtool.config import load_train_config
-    from qdtool.core.hardware import probe_hardware
-    from qdtool.core.presets import resolve_preset
-
-    given = load_train_config(config, overrides)  # validates flags before any planning
-    model = overrides.get("model") or (given.model if config else None)
-    choice = resolve_preset(name, probe_hardware(), model=model, data=given.data)
+def _show_choice(choice: Any) -> None:
+    """The preset and why; for `auto`, the estimate of the settings this run trains with."""
     err_console.print(f"preset {choice.name}: " + "; ".join(choice.reasons), style="dim", markup=False, soft_wrap=True)
     if choice.estimate is not None:
-        err_console.print(f"estimated peak {choice.estimate.total_gib:.1f} GiB (budget {choice.budget_gib:.1f} GiB); "
-                          "flags and --config still win over the preset", style="dim", markup=False)
-    return choice.settings
+        err_console.print(f"estimated peak {choice.estimate.total_gib:.1f} GiB (budget {choice.budget_gib:.1f} GiB) for the settings "
+                          "this run trains with: the preset's under --config under flags", style="dim", markup=False, soft_wrap=True)
 
 
 def _build_signature() -> None:
