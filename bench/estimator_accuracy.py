@@ -4,7 +4,7 @@
     python bench/estimator_accuracy.py --shapes tiny --quick   # anywhere: checks the pipeline runs
 
 Each configuration runs in its own child process: build the shape, add LoRA (r16, all linear),
-run 3 of qdtool's training steps (`core.training._train_step`) on packed rows of `tokens` tokens,
+run 3 of qdtool's training steps (`core.training.step.train_step`) on packed rows of `tokens` tokens,
 and read torch.cuda.max_memory_reserved(). The estimate comes from `core.memory.estimate` with the
 same settings. Goal (issue: probe-gpu): every error within 10%, no underestimate beyond 5%.
 On a machine without CUDA the measurement is the process's peak RSS, which is not what the
@@ -57,7 +57,8 @@ def measure(shape: str, quant: str, rows: int, length: int, gc: bool) -> dict:
     from qdtool.core.lora import add_lora
     from qdtool.core.memory import Shape, estimate
     from qdtool.core.modeling import quantization_config
-    from qdtool.core.training import _train_step
+    from qdtool.core.distributed import Dist
+    from qdtool.core.training.step import loss_function, train_step
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -94,7 +95,7 @@ def measure(shape: str, quant: str, rows: int, length: int, gc: bool) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for step in range(3):
-        _train_step(model, optimizer, scheduler, None, autocast, [batch], settings, hardware, step)
+        train_step(model, optimizer, scheduler, None, autocast, [batch], settings, hardware, step, Dist(), loss_function(model), False)
     if cuda:
         measured = torch.cuda.max_memory_reserved() / 2**30
     else:

@@ -16,7 +16,7 @@ one after the other in this one run. Figures, as ../shared/BENCH.md defines them
 seed-style = HF Trainer-free replica of the old train.py's work per step: every sample padded to
 512 tokens (256 for --low-memory), loss on every non-pad token (prompt included), LoRA r16/a32 on
 q_proj,v_proj (r8/a16 low-memory), 4 samples per step (1 low-memory), fp32 on CPU / bf16 on GPU.
-qdtool = core.training._train_step on packed rows (answer-only loss, LM head at answer positions),
+qdtool = core.training.step.train_step on packed rows (answer-only loss, LM head at answer positions),
 LoRA r16/a32 on all linear layers, `--batch-tokens` tokens per step, in the precision `qdtool
 train` picks on this machine (bf16 on GPUs and on CPUs with native bf16).
 Results: a table on stdout and JSON lines appended to --out.
@@ -109,7 +109,8 @@ def run_side(args) -> dict:
     from qdtool.core.batching import IGNORE_INDEX, MicroBatch, pack
     from qdtool.core.hardware import Device, select_device
     from qdtool.core.lora import add_lora
-    from qdtool.core.training import _train_step
+    from qdtool.core.distributed import Dist
+    from qdtool.core.training.step import loss_function, train_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.side == "seed":  # the old script: fp32 on CPU, bf16 on GPU
@@ -164,7 +165,7 @@ def run_side(args) -> dict:
         if args.side == "seed":
             _seed_step(model, optimizer, micro[0], device, autocast)
         else:
-            _train_step(model, optimizer, scheduler, None, autocast, micro, config, hardware, index)
+            train_step(model, optimizer, scheduler, None, autocast, micro, config, hardware, index, Dist(), loss_function(model), False)
         if index >= warm:
             timed_supervised += n_supervised
             timed_tokens += n_tokens

@@ -160,12 +160,12 @@ import os, sys, time
 from pathlib import Path
 if os.environ.get("PID_DIR"):
     Path(os.environ["PID_DIR"], os.environ.get("RANK", "0")).write_text(str(os.getpid()))
-from qdtool.core import training
-real = training._train_step
+from qdtool.core.training import step
+real = step.train_step
 def slow(*args, **kwargs):
     time.sleep(0.3)
     return real(*args, **kwargs)
-training._train_step = slow
+step.train_step = slow
 from qdtool.cli.app import app
 app(sys.argv[1:])
 """

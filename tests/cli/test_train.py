@@ -118,3 +118,35 @@ def test_an_unwritable_output_dir_is_refused_before_anything_loads(tiny_model_di
         shelf.chmod(0o755)
     assert result.exit_code == 2, result.output
     assert f"cannot write {shelf / 'run'}: permission denied" in result.output
+
+
+def test_the_progress_renderer_handles_every_event_type(monkeypatch):
+    """Each type in core.events.Event has a renderer (an unknown one is a KeyError), and each shows what it carries."""
+    import io
+    import typing
+
+    from rich.console import Console
+
+    from qdtool.cli import train as cli_train
+    from qdtool.core import events
+
+    log = Console(file=io.StringIO(), width=300, force_terminal=False)  # a log file: one plain line per step
+    monkeypatch.setattr(cli_train, "err_console", log)
+    step = dict(lr=1e-3, grad_norm=0.5, supervised_tokens=200, tokens=900, samples=4, seconds=0.2, epoch=0.1, peak_memory_gb=1.5)
+    feed = [events.Info("loading tiny on CPU (fp32)"), events.Warn("2 sample(s) over max_seq_len=512 dropped"),
+            events.Start(10, 2, 32, 8, 1234, "runs/tiny", "CPU", "fp32"),
+            events.Step(step=3, loss=2.5, supervised_tokens_per_s=1000.0, **step), events.Eval(3, 2.125),
+            events.Step(step=4, loss=2.375, supervised_tokens_per_s=1100.0, **step),
+            events.Checkpoint(4, "runs/tiny/checkpoints/step-0000004")]
+    assert {type(e) for e in feed} == set(typing.get_args(events.Event))  # a new event type needs a line here
+    with cli_train._Progress() as progress:
+        for event in feed:
+            progress.event(event)
+    text = log.file.getvalue()
+    assert "loading tiny on CPU (fp32)" in text
+    assert "warning: 2 sample(s) over max_seq_len=512 dropped" in text
+    assert "32 train / 8 eval samples · 1,234 trainable parameters · CPU fp32 · run dir runs/tiny" in text
+    assert "step 3/10 · loss 2.500 · 1,000 sup tok/s · peak 1.5 GiB" in text
+    assert "step 4/10 · loss 2.375 · eval 2.125 · 1,100 sup tok/s · peak 1.5 GiB" in text
+    assert "checkpoint: runs/tiny/checkpoints/step-0000004" in text
+    assert progress.bar.tasks[0].completed == 4

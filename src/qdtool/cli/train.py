@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import time
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -14,6 +13,7 @@ from rich.markup import escape
 
 from qdtool.cli._common import console, err_console, quiet_libraries, user_errors
 from qdtool.config import TrainConfig
+from qdtool.core import events
 
 EXAMPLES = """
 Examples:
@@ -125,7 +125,7 @@ _build_signature()
 class _Progress:
     """A rich progress bar fed by core training events."""
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.bar = Progress(
@@ -134,42 +134,53 @@ class _Progress:
         )
         self.task = None
         self.eval_loss: float | None = None
-        self.started = time.perf_counter()
+        self.last: events.Step | None = None
         return self
 
-    def event(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind == "info":
-            err_console.print(payload["message"], style="dim", markup=False)
-        elif kind == "warning":
-            err_console.print("warning: " + payload["message"], style="yellow", markup=False)
-        elif kind == "start":
-            err_console.print(
-                f"{payload['train_samples']:,} train / {payload['eval_samples']:,} eval samples · "
-                f"{payload['trainable_params']:,} trainable parameters · {payload['device']} {payload['precision']} · "
-                f"run dir {payload['output_dir']}",
-                markup=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=payload["total_steps"], completed=payload["start_step"], info="")
-        elif kind == "eval":
-            self.eval_loss = payload["eval_loss"]
-            if self.task is not None:
-                self.bar.update(self.task, info=self._info(None))
-        elif kind == "step" and self.task is not None:
-            self.bar.update(self.task, completed=payload["step"], info=self._info(payload))
-            if not err_console.is_terminal:  # logs (nohup, RunPod, CI) get one plain line per step
-                total = self.bar.tasks[0].total
-                err_console.print(f"step {payload['step']}/{total:.0f} · {self._info(None)}", markup=False)
-        elif kind == "checkpoint":
-            self.bar.console.print(f"checkpoint: {payload['path']}", style="dim", markup=False)
+    def event(self, event: events.Event) -> None:
+        """Render one core training event; every type in core.events.Event has a renderer here (a test feeds each)."""
+        render = {events.Info: self._info, events.Warn: self._warning, events.Start: self._start, events.Step: self._step,
+                  events.Eval: self._eval, events.Checkpoint: self._checkpoint}[type(event)]
+        render(event)
 
-    def _info(self, row: dict[str, Any] | None) -> str:
+    def _info(self, event: events.Info) -> None:
+        err_console.print(event.message, style="dim", markup=False)
+
+    def _warning(self, event: events.Warn) -> None:
+        err_console.print("warning: " + event.message, style="yellow", markup=False)
+
+    def _start(self, event: events.Start) -> None:
+        err_console.print(
+            f"{event.train_samples:,} train / {event.eval_samples:,} eval samples · "
+            f"{event.trainable_params:,} trainable parameters · {event.device} {event.precision} · run dir {event.output_dir}",
+            markup=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=event.total_steps, completed=event.start_step, info="")
+
+    def _eval(self, event: events.Eval) -> None:
+        self.eval_loss = event.eval_loss
+        if self.task is not None:
+            self.bar.update(self.task, info=self._status())
+
+    def _step(self, event: events.Step) -> None:
+        if self.task is None:
+            return
+        self.last = event
+        self.bar.update(self.task, completed=event.step, info=self._status())
+        if not err_console.is_terminal:  # logs (nohup, RunPod, CI) get one plain line per step
+            total = self.bar.tasks[0].total
+            err_console.print(f"step {event.step}/{total:.0f} · {self._status()}", markup=False)
+
+    def _checkpoint(self, event: events.Checkpoint) -> None:
+        self.bar.console.print(f"checkpoint: {event.path}", style="dim", markup=False)
+
+    def _status(self) -> str:
+        """The bar's text: the last step's loss, speed and memory, and the last eval loss."""
         parts = []
-        if row is not None:
-            self.last = row
-        row = getattr(self, "last", None)
-        if row:
-            parts += [f"loss {row['loss']:.3f}", f"{row['supervised_tokens_per_s']:,.0f} sup tok/s", f"peak {row['peak_memory_gb']:.1f} GiB"]
+        if self.last is not None:
+            parts += [f"loss {self.last.loss:.3f}", f"{self.last.supervised_tokens_per_s:,.0f} sup tok/s",
+                      f"peak {self.last.peak_memory_gb:.1f} GiB"]
         if self.eval_loss is not None:
             parts.insert(1, f"eval {self.eval_loss:.3f}")
         return " · ".join(parts)

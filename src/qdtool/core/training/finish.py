@@ -1,0 +1,66 @@
+"""The end of a run: the adapter (with tokenizer and card), the loss curve and the summary."""
+
+from __future__ import annotations
+
+import shutil
+
+from qdtool.core.cards import adapter_card, record_base_model
+from qdtool.core.files import WriteError, atomic_dir, write_json_atomic
+from qdtool.core.training.state import Run, TrainResult, peak_memory_gb
+from qdtool.errors import TrainingError
+
+
+def finish(run: Run) -> TrainResult:
+    """Write what the run made (first process) and return its result; checkpoints go once the adapter is safe."""
+    from qdtool.core.tracking import plot_losses
+
+    whole = {}
+    if run.sharded:  # a collective under FSDP: every process takes part
+        from qdtool.core import sharding
+
+        whole = {"state_dict": sharding.full_lora_weights(run.model)}
+    result = _result(run)
+    if run.dist.main:  # the first process writes the adapter and the summary
+        _save_adapter(run, result, whole)
+        plot_losses(run.metrics.rows(), run.out.loss_plot)
+        write_json_atomic(run.out.summary, result.to_dict())
+        shutil.rmtree(run.out.checkpoints, ignore_errors=True)  # the adapter is final; checkpoints only served resume
+    run.dist.barrier()
+    return result
+
+
+def _result(run: Run) -> TrainResult:
+    state, train_set, eval_set = run.state, run.train_set, run.eval_set
+    return TrainResult(
+        str(run.out), str(run.out.adapter), run.total_steps, run.total_steps, len(train_set.samples), len(eval_set.samples),
+        train_set.dropped, train_set.truncated,
+        supervised_tokens=state["supervised_tokens"],
+        train_seconds=state["train_seconds"],
+        supervised_tokens_per_s=state["supervised_tokens"] / max(state["train_seconds"], 1e-9),
+        first_eval_loss=state["first_eval_loss"],
+        best_eval_loss=state["best_eval_loss"],
+        final_eval_loss=state.get("final_eval_loss"),
+        final_train_loss=state.get("final_train_loss"),
+        peak_memory_gb=peak_memory_gb(run.hardware.device),
+        resumed_from=str(run.start_from) if run.start_from else None,
+        device=run.hardware.device,
+        precision=run.hardware.precision,
+        trainable_params=run.trainable,
+        warnings=run.report.warnings,  # the same list: a warning that comes later still lands in the result
+    )
+
+
+def _save_adapter(run: Run, result: TrainResult, whole: dict) -> None:
+    from qdtool.core import checkpoint
+
+    out = run.out
+    try:
+        with atomic_dir(out.adapter) as tmp:  # a kill or a full disk leaves no half adapter
+            run.model.save_pretrained(str(tmp), **whole)
+            run.tokenizer.save_pretrained(str(tmp))
+            record_base_model(tmp, run.config)  # not this machine's cache path
+            (tmp / "README.md").write_text(adapter_card(out.path, run.config, result, run.data_files), encoding="utf-8")  # not PEFT's
+    except WriteError as exc:
+        kept = checkpoint.latest_checkpoint(out.checkpoints)
+        again = f"resumes from {kept}" if kept else "trains it again (no checkpoint was due before the end)"
+        raise TrainingError(f"{exc}. The adapter was not written; once there is room, the same command {again}") from None

@@ -1,0 +1,179 @@
+"""Setting a run up: everything that can fail cheaply fails first, before the model loads."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qdtool.config import TrainConfig
+from qdtool.core.cards import DataFile
+from qdtool.core.distributed import Dist, init_from_env
+from qdtool.core.events import OnEvent
+from qdtool.core.rundir import RunDir
+from qdtool.core.training import outdir
+from qdtool.core.training.model import Built, build_model
+from qdtool.core.training.optim import build_optimizer, build_scheduler
+from qdtool.core.training.state import Reporter, Run, TrainResult
+from qdtool.core.training.step import loss_function
+
+
+def setup(config: TrainConfig, resume: str, overwrite: bool, on_event: OnEvent | None, held: ExitStack) -> Run | TrainResult:
+    """A run ready for its first step, or the saved result of one already complete."""
+    hardware, dist = _hardware(config)
+    report = Reporter(on_event, dist.main)  # only the first process reports, writes and holds the run directory
+    config = _absolute_paths(config)
+    inputs = _Inputs.read(config)
+    outdir.check_resume_arguments(resume, overwrite)
+    out = outdir.claim(config, overwrite, dist, held)
+    done = outdir.finished_result(out, resume)
+    if done is not None:
+        return done
+    start_from = outdir.resume_point(out, resume)
+    data, data_files = _fingerprint(config, inputs, start_from)  # an old, damaged or other-data checkpoint stops here
+    samples = _samples(config, inputs, hardware, dist, report)
+    built = build_model(config, hardware, dist, start_from, out, report)
+    run = _assemble(config, hardware, dist, out, report, samples, built, start_from, data_files)
+    run.state = {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0,
+                 "processes": dist.world, "sharded": built.sharded, "data": data}
+    if start_from is not None:
+        _resume(run, start_from)
+    _open_outputs(run)
+    return run
+
+
+def _hardware(config: TrainConfig) -> tuple[Any, Dist]:
+    from qdtool.core import hardware as hw
+
+    hardware = hw.select_device(config)
+    dist = init_from_env(hardware.device == "cuda")
+    if dist.enabled and hardware.device == "cuda":
+        hardware = hw.Device("cuda", hardware.precision, hardware.name, dist.local_rank)
+    return hardware, dist
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Absolute paths, so run_config.yaml works from any directory (resume, merge, decompose)."""
+    return config.model_copy(update={
+        "output_dir": Path(config.output_dir or outdir.default_output_dir(config)).resolve(),
+        "data": Path(config.data).resolve() if config.data else None,
+        "eval_data": Path(config.eval_data).resolve() if config.eval_data else None,
+    })
+
+
+@dataclass
+class _Inputs:
+    train_files: list[Path]
+    per_file: list[list[Any]]  # the records of each training file
+    eval_given: list[Any] | None  # the records of --eval-data, if given
+
+    @classmethod
+    def read(cls, config: TrainConfig) -> _Inputs:
+        from qdtool.core.data import read_dataset
+        from qdtool.resources import default_train_files
+
+        train_files = [Path(config.data)] if config.data else default_train_files()
+        per_file = [read_dataset(path) for path in train_files]  # train first: its errors are reported first
+        return cls(train_files, per_file, read_dataset(config.eval_data) if config.eval_data else None)
+
+
+def _fingerprint(config: TrainConfig, inputs: _Inputs, start_from: Path | None) -> tuple[dict[str, Any], list[DataFile]]:
+    """The data's fingerprint (a resume must see the same files) and the card's list of data files."""
+    from qdtool.core import checkpoint
+
+    data = checkpoint.data_fingerprint(inputs.train_files, [Path(config.eval_data)] if config.eval_data else [])
+    given = inputs.eval_given
+    counts = {"train": [len(rows) for rows in inputs.per_file], "eval": [len(given)] if given is not None else []}
+    data_files = [DataFile(role, Path(entry["path"]), n, entry["sha256"]) for role in ("train", "eval")
+                  for entry, n in zip(data[role], counts[role], strict=False)]
+    if start_from is not None:
+        checkpoint.check_same_data(start_from, checkpoint.resumable_state(start_from), data)
+    return data, data_files
+
+
+@dataclass
+class _Samples:
+    tokenizer: Any
+    train_set: Any
+    eval_set: Any
+    plan: Any
+    eval_batches: list[Any]
+    total_steps: int
+
+
+def _samples(config: TrainConfig, inputs: _Inputs, hardware: Any, dist: Dist, report: Reporter) -> _Samples:
+    """Tokenizer, encoded samples and the batch plan."""
+    from qdtool.core import batching
+    from qdtool.core.modeling import load_tokenizer
+
+    records = [r for rows in inputs.per_file for r in rows]
+    if inputs.eval_given is not None:
+        train_records, eval_records = records, inputs.eval_given
+    else:
+        train_records, eval_records = batching.split_eval(records, config.eval_split, config.eval_max_records, config.seed)
+    report.info(f"loading {config.model} on {hardware.name} ({hardware.precision})")
+    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code, progress=report.info)
+    prompt = config.prompt_options()
+    train_set = batching.encode_records(train_records, tokenizer, config.max_seq_len, config.overlong, prompt)
+    eval_set = batching.encode_records(eval_records, tokenizer, config.max_seq_len, "truncate", prompt)
+    if train_set.dropped or train_set.truncated:
+        report.warn(f"{train_set.dropped} sample(s) over max_seq_len={config.max_seq_len} dropped, {train_set.truncated} truncated "
+                    f"(e.g. {', '.join(train_set.examples_of_overlong[:3])})")
+    # one optimizer step = grad_accum micro-batches per process; process r takes every world-th one
+    pad_id = tokenizer.pad_token_id or 0
+    plan = batching.BatchPlan(train_set.samples, config.seed, config.packing, config.batch_tokens, config.batch_size,
+                              pad_id, config.grad_accum * dist.world)
+    eval_batches = batching.make_batches(eval_set.samples, config.packing, config.batch_tokens, config.batch_size, pad_id)
+    return _Samples(tokenizer, train_set, eval_set, plan, eval_batches, config.max_steps or plan.total_steps(config.epochs))
+
+
+def _assemble(config: TrainConfig, hardware: Any, dist: Dist, out: RunDir, report: Reporter, samples: _Samples, built: Built,
+              start_from: Path | None, data_files: list[DataFile]) -> Run:
+    """The run with its optimizer, schedule and mixed precision, at step 0."""
+    import torch
+
+    optimizer = build_optimizer(built.model, config, hardware)
+    scheduler = build_scheduler(optimizer, config, samples.total_steps)
+    autocast = torch.autocast(device_type=hardware.device, dtype=hardware.dtype) if hardware.precision != "fp32" else None
+    scaler = torch.amp.GradScaler("cuda") if hardware.precision == "fp16" else None
+    return Run(config, hardware, dist, out, report, samples.tokenizer, samples.train_set, samples.eval_set, samples.plan,
+               samples.eval_batches, samples.total_steps, built.model, built.loss_module, loss_function(built.model, built.loss_module),
+               built.sharded, built.trainable, optimizer, scheduler, scaler, autocast, start_from, data_files, state={})
+
+
+def _resume(run: Run, start_from: Path) -> None:
+    """Weights, optimizer, schedule and RNG states from `start_from`; newer checkpoints are dropped."""
+    from qdtool.core import checkpoint
+
+    load_optimizer = None
+    if run.sharded:
+        from qdtool.core import sharding
+
+        load_optimizer = lambda saved: sharding.load_full_optimizer_state(run.loss_module, run.optimizer, saved)  # noqa: E731
+    run.state = checkpoint.load_checkpoint(start_from, None if run.sharded else run.model, run.optimizer, run.scheduler, run.scaler,
+                                           load_optimizer=load_optimizer, rank=run.dist.rank, world=run.dist.world)
+    run.start_step = run.state["step"]
+    if run.dist.main:
+        checkpoint.drop_after(run.out.checkpoints, run.start_step)  # an older resume point abandons newer checkpoints
+    run.report.info(f"resuming from {start_from} (step {run.start_step})")
+
+
+class _NoMetrics:
+    """What processes other than the first write: nothing."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def rows(self) -> list[dict[str, Any]]:
+        return []
+
+
+def _open_outputs(run: Run) -> None:
+    """metrics.jsonl (cut back to the resumed step) and the tracker, in the first process only."""
+    from qdtool.core.tracking import MetricsFile, Tracker
+
+    main, out = run.dist.main, run.out
+    run.metrics = MetricsFile(out.metrics, run.start_step) if main else _NoMetrics()
+    run.tracker = Tracker(run.config.report_to if main else "none", out.path, run.config.run_name or out.path.name,
+                          run.config.model_dump(mode="json"), run.report.warn)

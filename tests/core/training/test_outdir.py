@@ -1,0 +1,88 @@
+"""core/training/outdir.py: one run per directory; a finished run is kept, another one refused, a failed one gives way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from train_support import example_data, make_config, stop_after
+
+from qdtool.config import load_train_config
+from qdtool.core import training
+from qdtool.core.training import step as one_step
+from qdtool.errors import ConfigError, QdtoolError, TrainingError, TrainingInterrupted
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    return example_data(tmp_path_factory.mktemp("data"))
+
+
+def test_a_finished_run_is_not_redone_and_a_different_one_is_refused(tiny_model_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    training.train(make_config(tiny_model_dir, data_file, out, max_steps=2))
+    again = training.train(make_config(tiny_model_dir, data_file, out, max_steps=2))
+    assert again.already_complete
+    with pytest.raises(ConfigError, match=r"different configuration \(differs in: lora_r, lr\)"):
+        training.train(make_config(tiny_model_dir, data_file, out, max_steps=2, lr=1e-4, lora_r=4))
+    replaced = training.train(make_config(tiny_model_dir, data_file, out, max_steps=2, lr=1e-4), overwrite=True)
+    assert not replaced.already_complete and load_train_config(out / "run_config.yaml").lr == 1e-4
+    with pytest.raises(ConfigError, match="--resume never was given"):
+        training.train(make_config(tiny_model_dir, data_file, out, max_steps=2, lr=1e-4), resume="never")
+    stranger = tmp_path / "not-a-run"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    for overwrite in (False, True):  # never deleted, even with --overwrite
+        with pytest.raises(ConfigError, match="holds no qdtool run"):
+            training.train(make_config(tiny_model_dir, data_file, stranger), overwrite=overwrite)
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_one_training_per_run_directory(tiny_model_dir, data_file, tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    training.train(make_config(tiny_model_dir, data_file, out, max_steps=1))
+    with (out / ".lock").open("w") as held:  # what a running `qdtool train` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for steps, overwrite in ((1, False), (2, True)):
+            with pytest.raises(ConfigError, match="another qdtool train is running"):
+                training.train(make_config(tiny_model_dir, data_file, out, max_steps=steps), overwrite=overwrite)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()  # nothing was deleted
+    training.train(make_config(tiny_model_dir, data_file, out, max_steps=2), overwrite=True)  # released: fine
+
+
+def test_a_run_whose_model_failed_to_load_does_not_block_its_directory(tiny_model_dir, data_file, tmp_path):
+    import shutil
+
+    no_weights = tmp_path / "no-weights"  # config and tokenizer load; the weights do not
+    shutil.copytree(tiny_model_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    out = tmp_path / "run"
+    for broken in (no_weights, tmp_path / "nope"):  # a model dir without weights; a mistyped path
+        with pytest.raises(QdtoolError):
+            training.train(make_config(broken, data_file, out, max_steps=2))
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no run_config.yaml left to claim the directory
+    result = training.train(make_config(tiny_model_dir, data_file, out, max_steps=2))  # no --overwrite
+    assert result.steps == 2 and not result.already_complete
+    assert load_train_config(out / "run_config.yaml").model == str(tiny_model_dir)
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_does_not_block_its_directory(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    real = one_step.answer_loss_sum
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:  # too high a learning rate, say: the loss blows up at step 1
+        patch.setattr(one_step, "answer_loss_sum", lambda model, batch: (real(model, batch)[0] * float("inf"), 1))
+        with pytest.raises(TrainingError, match="the loss became"):
+            training.train(make_config(tiny_model_dir, data_file, out, lr=1.0))
+    assert load_train_config(out / "run_config.yaml").lr == 1.0 and not (out / "checkpoints").exists()
+    result = training.train(make_config(tiny_model_dir, data_file, out, max_steps=2))  # other settings, no --overwrite
+    assert result.steps == 2 and load_train_config(out / "run_config.yaml").lr == 3e-3
+    assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [0, 1, 2, 2]
+
+    with monkeypatch.context() as patch:  # a run with a checkpoint to resume still holds its directory
+        stop_after(patch, 1)
+        with pytest.raises(TrainingInterrupted):
+            training.train(make_config(tiny_model_dir, data_file, tmp_path / "kept"))
+    with pytest.raises(ConfigError, match=r"different configuration \(differs in: lr\)"):
+        training.train(make_config(tiny_model_dir, data_file, tmp_path / "kept", lr=1e-4))
