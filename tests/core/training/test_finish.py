@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from train_support import example_data, make_config
 
 from qdtool.core import training
 from qdtool.errors import TrainingError
+
+from train_support import example_data, make_config
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from train_support import example_data, make_config
 
 from qdtool.core import training
 from qdtool.errors import TrainingError
+
+from train_support import example_data, make_config
 
 
 @pytest.fixture(scope="module")

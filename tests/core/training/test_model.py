@@ -8,11 +8,12 @@ import signal
 from pathlib import Path
 
 import pytest
-from train_support import example_data, make_config
 
 from qdtool.core import training
 from qdtool.core.training import step as one_step
 from qdtool.errors import ConfigError, TrainingInterrupted
+
+from train_support import example_data, make_config
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from train_support import example_data, make_config, stop_after
 
 from qdtool.config import load_train_config
 from qdtool.core import training
 from qdtool.core.training import step as one_step
 from qdtool.errors import ConfigError, QdtoolError, TrainingError, TrainingInterrupted
+
+from train_support import example_data, make_config, stop_after
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_support import example_data, losses, make_config
 
 from qdtool.config import load_train_config
 from qdtool.core import training
+
+from train_support import example_data, losses, make_config
 
 
 @pytest.fixture(scope="module")

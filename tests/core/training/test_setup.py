@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_support import example_data, make_config, stop_after
 
 from qdtool.core import training
 from qdtool.errors import ConfigError, TrainingError, TrainingInterrupted
+
+from train_support import example_data, make_config, stop_after
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from train_support import cli_args, example_data, losses, spawn, wait_for
 
 

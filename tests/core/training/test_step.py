@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_support import EXAMPLES, example_data, make_config
 
 from qdtool.config import TrainConfig
 from qdtool.core import training
 from qdtool.core.distributed import Dist
 from qdtool.core.training import step as one_step
 from qdtool.errors import TrainingError
+
+from train_support import EXAMPLES, example_data, make_config
 
 
 @pytest.fixture(scope="module")
