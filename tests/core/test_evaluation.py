@@ -8,13 +8,15 @@ import os
 
 import pytest
 
-from qdtool.core.evaluation import evaluate, paired_bootstrap, pair_up, read_predictions, write_report
+from qdtool.core.evaluation import evaluate, pair_up, paired_bootstrap, read_predictions, write_report
 from qdtool.core.files import WriteError
 from qdtool.errors import DataError, UsageError
 
 REFS = [
-    {"id": "a", "question": "Was Aristotle alive when the laptop was invented?", "sub_questions": ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]},
-    {"id": "b", "question": "Are amoebas safe from breast cancer?", "sub_questions": ["What tissue does breast cancer affect?", "Do amoebas have #1?"]},
+    {"id": "a", "question": "Was Aristotle alive when the laptop was invented?",
+     "sub_questions": ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]},
+    {"id": "b", "question": "Are amoebas safe from breast cancer?",
+     "sub_questions": ["What tissue does breast cancer affect?", "Do amoebas have #1?"]},
 ]
 
 
@@ -89,19 +91,26 @@ BROKEN_PREDICTIONS = [
     ("blank.json", b"  \n", ["blank.json: file is empty; expected JSON predictions"]),
     ("emptyarr.json", b"[]", ["emptyarr.json: the array has no predictions"]),
     ("intstep.jsonl", _rows(ROW, {**ROW, "id": "b", "sub_questions": ["x?", 3, None]}),
-     ["intstep.jsonl:2: sub_questions: step 2 must be a string (got int)", "intstep.jsonl:2: sub_questions: step 3 must be a string (got null)"]),
-    ("strsteps.jsonl", _rows({**ROW, "sub_questions": "x? y?"}), ["strsteps.jsonl:1: sub_questions: must be a list of strings, [] for no output (got str)"]),
+     ["intstep.jsonl:2: sub_questions: step 2 must be a string (got int)",
+      "intstep.jsonl:2: sub_questions: step 3 must be a string (got null)"]),
+    ("strsteps.jsonl", _rows({**ROW, "sub_questions": "x? y?"}),
+     ["strsteps.jsonl:1: sub_questions: must be a list of strings, [] for no output (got str)"]),
     ("noq.json", json.dumps([ROW, {"id": "b"}]).encode(), ["noq.json[#1]: question: missing"]),
     ("list.jsonl", _rows([1]), ['list.jsonl:1: prediction must be a JSON object with "question" and "sub_questions" (got list)']),
-    ("latin1.jsonl", _rows(ROW) + '{"question": "café?"}\n'.encode("latin-1"), ["latin1.jsonl:2: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"]),
+    ("latin1.jsonl", _rows(ROW) + '{"question": "café?"}\n'.encode("latin-1"),
+     ["latin1.jsonl:2: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"]),
     ("dupid.jsonl", _rows(ROW, {**ROW, "question": "other?"}, {**ROW, "id": "c"}, {**ROW, "id": "c"}),
      ['dupid.jsonl:2: id: "a" repeats the id of dupid.jsonl:1; give each prediction its own id (or remove the repeat)',
       'dupid.jsonl:4: id: "c" repeats the id of dupid.jsonl:3; give each prediction its own id (or remove the repeat)']),
-    ("deep.jsonl", _rows(b"[" * 3000 + b"]" * 3000), ["deep.jsonl:1: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"]),
-    ("bigint.jsonl", _rows(b'{"id": ' + b"1" * 4400 + b', "question": "q?"}'), ["bigint.jsonl:1:8: integer with 4,400 digits (the limit is 4,300); write it as a string"]),
+    ("deep.jsonl", _rows(b"[" * 3000 + b"]" * 3000),
+     ["deep.jsonl:1: JSON nested too deeply (more than 100 levels of [ and {); flatten the record"]),
+    ("bigint.jsonl", _rows(b'{"id": ' + b"1" * 4400 + b', "question": "q?"}'),
+     ["bigint.jsonl:1:8: integer with 4,400 digits (the limit is 4,300); write it as a string"]),
     ("surrogate.jsonl", _rows(b'{"question": "q?", "sub_questions": ["\\udbff"]}'),
-     ["surrogate.jsonl:1: sub_questions: the escape \\udbff is a lone UTF-16 surrogate, not a character; write the character itself, or both halves of its surrogate pair"]),
-    ("utf16.jsonl", _rows(ROW).decode().encode("utf-16"), ["utf16.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
+     ["surrogate.jsonl:1: sub_questions: the escape \\udbff is a lone UTF-16 surrogate, not a character; "
+      "write the character itself, or both halves of its surrogate pair"]),
+    ("utf16.jsonl", _rows(ROW).decode().encode("utf-16"),
+     ["utf16.jsonl: file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"]),
 ]
 
 
@@ -118,7 +127,8 @@ def test_broken_prediction_files_list_every_problem_with_its_place(tmp_path, mon
 
 def test_empty_steps_and_ids_of_any_type_are_fine(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_bytes(_rows({"id": 1, "question": "q?", "sub_questions": []}, {"id": [1, 2], "question": "q?"}, {"question": "r?", "parse_ok": False}))
+    path.write_bytes(_rows({"id": 1, "question": "q?", "sub_questions": []}, {"id": [1, 2], "question": "q?"},
+                           {"question": "r?", "parse_ok": False}))
     rows = read_predictions(path)
     assert [r["sub_questions"] for r in rows] == [[], [], []]
 
