@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import build_tiny_model
-from qdtool.core.batching import BatchPlan, encode_records, pack, pad_batches, split_eval
+from qdtool.core.batching import BatchPlan, encode_records, make_batches, pack, pad_batches, split_eval
 from qdtool.core.data import Record
 from qdtool.core.loss import answer_loss_sum, per_sample_losses
 from qdtool.core.prompts import IGNORE_INDEX, EncodedSample, encode_sample
@@ -86,6 +86,32 @@ def test_pack_respects_the_row_bound(model_and_samples):
     rows = pack(samples * 5, batch_tokens=longest * 2)
     assert all(len(r.input_ids[0]) <= longest * 2 for r in rows)
     assert sum(r.n_samples for r in rows) == 15
+
+
+def test_rows_padded_to_a_multiple_change_no_sample_loss(model_and_samples):
+    model, samples = model_and_samples
+    (plain,) = pack(samples, batch_tokens=10_000)
+    (padded,) = pack(samples, batch_tokens=10_000, pad_id=0, multiple=64)
+    length = len(plain.input_ids[0])
+    assert len(padded.input_ids[0]) == -(-length // 64) * 64 > length
+    assert padded.padding == len(padded.input_ids[0]) - length
+    assert (padded.tokens, padded.supervised_tokens, padded.n_samples) == (plain.tokens, plain.supervised_tokens, 3)
+    with torch.no_grad():
+        got = per_sample_losses(model, padded.to_tensors("cpu"))
+        want = per_sample_losses(model, plain.to_tensors("cpu"))
+        total, count = answer_loss_sum(model, padded.to_tensors("cpu"))
+        reference, reference_count = answer_loss_sum(model, plain.to_tensors("cpu"))
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=1e-5)
+    assert count == reference_count
+    torch.testing.assert_close(total, reference, rtol=1e-5, atol=1e-4)
+
+
+def test_padding_never_takes_a_row_past_its_bound(model_and_samples):
+    _, samples = model_and_samples
+    bound = sum(len(s) for s in samples[:2]) + 5  # not a multiple of 64
+    rows = pack(samples, batch_tokens=bound, multiple=64)
+    assert all(len(r.input_ids[0]) <= bound for r in rows)
+    assert len({len(r.input_ids[0]) for r in make_batches(samples * 7, True, 256, 1, 0)}) <= 256 // 64
 
 
 def test_overlong_drop_truncate_error(tiny_tokenizer):

@@ -82,6 +82,7 @@ class MicroBatch:
     position_ids: list[list[int]] | None  # packed rows
     attention_mask: list[list[int]] | None  # padded rows
     n_samples: int
+    padding: int = 0  # pad tokens at the end of packed rows (ROW_MULTIPLE)
 
     @property
     def supervised_tokens(self) -> int:
@@ -91,7 +92,7 @@ class MicroBatch:
     def tokens(self) -> int:
         if self.attention_mask is not None:
             return sum(sum(row) for row in self.attention_mask)
-        return sum(len(row) for row in self.input_ids)
+        return sum(len(row) for row in self.input_ids) - self.padding
 
     def to_tensors(self, device: Any) -> dict[str, Any]:
         import torch
@@ -107,27 +108,42 @@ class MicroBatch:
         return out
 
 
-def pack(samples: Sequence[EncodedSample], batch_tokens: int) -> list[MicroBatch]:
+# Packed rows are padded up to a multiple of this many tokens. Each new row length costs memory for
+# good: oneDNN and the CPU allocator keep per-shape buffers, and resident memory climbed ~50 MB a step
+# with free row lengths (flat with a fixed one; docs/benchmarks.md). 64 bounds the lengths to
+# batch_tokens / 64 and pads ~3% of tokens.
+ROW_MULTIPLE = 64
+
+
+def pack(samples: Sequence[EncodedSample], batch_tokens: int, pad_id: int = 0, multiple: int = 1) -> list[MicroBatch]:
     """Greedy packing in the given order: a new row starts when the next sample would not fit.
 
     Each sample's labels are shifted-ready: the first label of every sample is IGNORE_INDEX in the
-    packed row, so no position predicts across a sample boundary.
+    packed row, so no position predicts across a sample boundary. A row is then padded up to a
+    multiple of `multiple` tokens (at most `batch_tokens`) with one more segment of `pad_id`s that
+    carries no label: its positions restart at 0, so no sample attends to it.
     """
     batches: list[MicroBatch] = []
     ids: list[int] = []
     labels: list[int] = []
     positions: list[int] = []
     count = 0
+
+    def close_row() -> None:
+        padding = min(batch_tokens, -(-len(ids) // multiple) * multiple) - len(ids)
+        row = ids + [pad_id] * padding, labels + [IGNORE_INDEX] * padding, positions + list(range(padding))
+        batches.append(MicroBatch([row[0]], [row[1]], [row[2]], None, count, padding))
+
     for sample in samples:
         if ids and len(ids) + len(sample) > batch_tokens:
-            batches.append(MicroBatch([ids], [labels], [positions], None, count))
+            close_row()
             ids, labels, positions, count = [], [], [], 0
         ids += sample.input_ids
         labels += [IGNORE_INDEX] + sample.labels[1:]  # the token before a sample belongs to another one
         positions += list(range(len(sample)))
         count += 1
     if ids:
-        batches.append(MicroBatch([ids], [labels], [positions], None, count))
+        close_row()
     return batches
 
 
@@ -151,7 +167,7 @@ def pad_batches(samples: Sequence[EncodedSample], batch_size: int, pad_id: int) 
 
 def make_batches(samples: Sequence[EncodedSample], packing: bool, batch_tokens: int, batch_size: int, pad_id: int) -> list[MicroBatch]:
     """Packed rows of at most `batch_tokens`, or padded batches of `batch_size` samples."""
-    return pack(samples, batch_tokens) if packing else pad_batches(samples, batch_size, pad_id)
+    return pack(samples, batch_tokens, pad_id, ROW_MULTIPLE) if packing else pad_batches(samples, batch_size, pad_id)
 
 
 class BatchPlan:
