@@ -59,9 +59,9 @@ class TrainConfig(BaseModel):
     max_seq_len: int = Field(512, ge=16, description="Tokens per sample, prompt + answer.")
     overlong: Literal["drop", "truncate", "error"] = Field("drop", description="What to do with samples over max_seq_len.")
     packing: bool = Field(True, description="Pack several samples per row (padding-free); false: dynamic padding.")
-    batch_tokens: int = Field(2048, ge=16, description="Tokens per micro-batch row when packing (bounds the attention mask).")
+    batch_tokens: int = Field(1024, ge=16, description="Tokens per micro-batch row when packing (bounds the attention mask and the activations).")
     batch_size: int = Field(4, ge=1, description="Samples per micro-batch without packing.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    grad_accum: int = Field(2, ge=1, description="Micro-batches per optimizer step (the default: 2 x 1,024 = 2,048 tokens a step).")
 
     # LoRA
     lora_r: int = Field(16, ge=1, description="LoRA rank.")

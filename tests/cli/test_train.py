@@ -29,7 +29,7 @@ def test_train_a_tiny_model(tiny_model_dir, tmp_path):
     result = runner.invoke(app, [
         "train", "--model", str(tiny_model_dir), "--data", str(EXAMPLES / "sample_train.json"), "--output-dir", str(out),
         "--max-steps", "2", "--max-seq-length", "512", "--batch-tokens", "1024", "--lora-r", "4", "--lora-target", "q_proj,v_proj",
-        "--no-packing", "--batch-size", "2", "--report-to", "none", "--eval-split", "0.2",
+        "--no-packing", "--batch-size", "2", "--grad-accum", "1", "--report-to", "none", "--eval-split", "0.2",
     ], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "training summary" in result.output and str(out / "adapter") in result.output
