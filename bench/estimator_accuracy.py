@@ -53,11 +53,11 @@ def measure(shape: str, quant: str, rows: int, length: int, gc: bool) -> dict:
 
     from qdtool.config import TrainConfig
     from qdtool.core.batching import MicroBatch
+    from qdtool.core.distributed import Dist
     from qdtool.core.hardware import Device
     from qdtool.core.lora import add_lora
     from qdtool.core.memory import Shape, estimate
     from qdtool.core.modeling import quantization_config
-    from qdtool.core.distributed import Dist
     from qdtool.core.training.step import loss_function, train_step
 
     cuda = torch.cuda.is_available()

@@ -107,9 +107,9 @@ def run_side(args) -> dict:
 
     from qdtool.config import TrainConfig
     from qdtool.core.batching import IGNORE_INDEX, MicroBatch, pack
+    from qdtool.core.distributed import Dist
     from qdtool.core.hardware import Device, select_device
     from qdtool.core.lora import add_lora
-    from qdtool.core.distributed import Dist
     from qdtool.core.training.step import loss_function, train_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

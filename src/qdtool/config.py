@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,17 +43,17 @@ class TrainConfig(BaseModel):
 
     # what to train
     model: str = Field("embedded", description="Base model: 'embedded', a local directory or a hub id.")
-    data: Optional[Path] = Field(None, description="Training data (JSON/JSONL); default: the bundled examples.")
-    eval_data: Optional[Path] = Field(None, description="Evaluation data; default: a seeded hold-out of the training data.")
+    data: Path | None = Field(None, description="Training data (JSON/JSONL); default: the bundled examples.")
+    eval_data: Path | None = Field(None, description="Evaluation data; default: a seeded hold-out of the training data.")
     eval_split: float = Field(0.05, gt=0, lt=0.5, description="Share of the training data held out when there is no eval_data.")
     eval_max_records: int = Field(200, ge=1, description="At most this many held-out records.")
-    output_dir: Optional[Path] = Field(None, description="Run directory; default runs/<model>-<data>.")
+    output_dir: Path | None = Field(None, description="Run directory; default runs/<model>-<data>.")
     trust_remote_code: bool = Field(False, description="Run the model repo's own code (off unless you trust it).")
 
     # prompt
     template: Literal["auto", "plain", "chat"] = Field("auto", description="Prompt template: the model's chat template if it has one, else plain.")
     language: Literal["auto", "en", "ko"] = Field("auto", description="Instruction language; auto follows each question.")
-    instruction: Optional[str] = Field(None, description="Your own instruction text instead of the defaults.")
+    instruction: str | None = Field(None, description="Your own instruction text instead of the defaults.")
 
     # sequence handling
     max_seq_len: int = Field(512, ge=16, description="Tokens per sample, prompt + answer.")
@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_target: Union[Literal["all-linear"], list[str]] = Field("all-linear", description="Modules to adapt: all-linear or a list of names.")
+    lora_target: Literal["all-linear"] | list[str] = Field("all-linear", description="Modules to adapt: all-linear or a list of names.")
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA scaling.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
 
@@ -86,7 +86,7 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
-    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps; overrides epochs (--max-steps 0: use epochs).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs (--max-steps 0: use epochs).")
     seed: int = Field(42, description="Seed for data order, split, LoRA init and dropout.")
 
     # runs
@@ -94,10 +94,10 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the newest).")
     report_to: Literal["auto", "none", "wandb", "tensorboard"] = Field("auto", description="Tracking: auto = wandb if logged in, else none.")
-    run_name: Optional[str] = Field(None, description="Name for the run in trackers; default: the output dir's name.")
+    run_name: str | None = Field(None, description="Name for the run in trackers; default: the output dir's name.")
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "TrainConfig":
+    def _cross_checks(self) -> TrainConfig:
         problems = []
         if self.packing and self.batch_tokens < self.max_seq_len:
             problems.append(f"batch_tokens ({self.batch_tokens}) must be at least max_seq_len ({self.max_seq_len}) when packing")

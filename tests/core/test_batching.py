@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import build_tiny_model
 from qdtool.core.batching import BatchPlan, encode_records, make_batches, pack, pad_batches, split_eval
 from qdtool.core.data import Record
 from qdtool.core.loss import answer_loss_sum, per_sample_losses
 from qdtool.core.prompts import IGNORE_INDEX, EncodedSample, encode_sample
 from qdtool.errors import DataError
+
+from conftest import build_tiny_model
 
 RECORDS = [
     Record("Was Aristotle alive when the laptop was invented?", ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]),

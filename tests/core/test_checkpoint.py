@@ -10,15 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny_model
 from qdtool.config import TrainConfig
-from qdtool.core.lora import add_lora
 from qdtool.core.checkpoint import (
-    check_same_data, checkpoint_dirs, data_fingerprint, drop_after, latest_checkpoint, load_checkpoint, resumable_state,
-    rng_state, save_checkpoint,
+    check_same_data,
+    checkpoint_dirs,
+    data_fingerprint,
+    drop_after,
+    latest_checkpoint,
+    load_checkpoint,
+    resumable_state,
+    rng_state,
+    save_checkpoint,
 )
 from qdtool.core.files import WriteError
+from qdtool.core.lora import add_lora
 from qdtool.errors import TrainingError
+
+from conftest import build_tiny_model
 
 
 def _objects(vocab: int, seed: int):

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import build_tiny_model
 from qdtool.core.loss import answer_loss_sum, chunk_rows, head_losses, token_losses
 from qdtool.core.prompts import IGNORE_INDEX
+
+from conftest import build_tiny_model
 
 VOCAB = 300
 

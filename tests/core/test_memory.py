@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig
 
-from conftest import build_tiny_model
 from qdtool.config import TrainConfig
 from qdtool.core.lora import add_lora
-from qdtool.core.presets import model_shape
 from qdtool.core.memory import GIB, Shape, activation_bytes_per_token_layer, estimate, lora_params, weight_bytes
+from qdtool.core.presets import model_shape
+
+from conftest import build_tiny_model
 
 
 def test_parameter_and_lora_counts_match_real_models():
@@ -56,12 +57,20 @@ def test_fsdp_shards_layers_and_lora_but_keeps_the_root_whole():
 def test_terms_add_up_and_logits_follow_the_supervised_share():
     shape = Shape(64, 128, 2, 4, 2, 16, 600, False)
     e = estimate(shape, batch_tokens=1000, supervised_share=0.25)
-    assert e.logits_and_loss_gib * GIB == pytest.approx(250 * 600 * 14)
+    # 250 answer rows fit one chunk of the small vocab: their logits, plus the kept [rows, hidden] gradient
+    assert e.logits_and_loss_gib * GIB == pytest.approx(250 * 600 * 14 + 250 * 64 * 2)
     full = estimate(shape, batch_tokens=1000, answer_only_logits=False)
-    assert full.logits_and_loss_gib == pytest.approx(4 * e.logits_and_loss_gib)
+    assert full.logits_and_loss_gib * GIB == pytest.approx(1000 * 600 * 14)  # the seed's logits at every token
+    gemma = Shape(640, 2048, 18, 4, 1, 256, 262_144, True)  # a big vocab: one 32-row chunk, however many answer rows
+    small, big = (estimate(gemma, batch_tokens=n, supervised_share=0.5).logits_and_loss_gib * GIB for n in (1024, 8192))
+    assert small == pytest.approx(32 * 262_144 * 14 + 512 * 640 * 2)
+    assert big - small == pytest.approx((4096 - 512) * 640 * 2)
     parts = e.weights_gib + e.lora_and_optimizer_gib + e.activations_gib + e.logits_and_loss_gib + e.dequant_buffer_gib + e.overhead_gib
     assert e.peak_reserved_gib == pytest.approx(parts)
     assert e.total_gib == pytest.approx(e.peak_reserved_gib + e.cuda_context_gib)
+    cpu = estimate(shape, batch_tokens=1000, supervised_share=0.25, device="cpu")
+    assert cpu.cuda_context_gib == 0 and cpu.runtime_gib > 0
+    assert cpu.total_gib == pytest.approx(cpu.peak_reserved_gib + cpu.runtime_gib)
     assert estimate(shape, optimizer="paged_adamw_8bit").lora_and_optimizer_gib < e.lora_and_optimizer_gib
 
 

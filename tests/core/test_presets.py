@@ -132,10 +132,11 @@ def test_auto_falls_back_to_a_smaller_tier_model_when_memory_is_taken(monkeypatc
 SEVEN_B = "Qwen/Qwen2.5-7B-Instruct"
 
 
-def _recomputed(config, precision="bf16"):
+def _recomputed(config, precision="bf16", device="cuda"):
     """The estimate of a TrainConfig, computed here from memory.estimate (not through presets)."""
     return estimate(KNOWN_SHAPES[config.model], quantization=config.quantization, lora_r=config.lora_r, optimizer=config.optimizer,
-                    batch_tokens=config.batch_tokens, gradient_checkpointing=config.gradient_checkpointing, precision=precision)
+                    batch_tokens=config.batch_tokens, gradient_checkpointing=config.gradient_checkpointing, precision=precision,
+                    device=device)
 
 
 @pytest.fixture
@@ -224,8 +225,9 @@ def test_auto_on_a_cpu_is_the_cpu_preset_with_the_estimate_of_its_run(monkeypatc
     assert choice.name == "cpu" and (config.model, config.batch_tokens, config.lora_r, config.max_seq_len) == ("embedded", 4096, 8, 256)
     assert choice.estimate.cuda_context_gib == 0 and choice.budget_gib == probe_hardware().ram_gib
     precision = "bf16" if "bf16 on this CPU" in "; ".join(choice.reasons) else "fp32"
-    expected = _recomputed(config, precision)
-    assert choice.estimate.total_gib == pytest.approx(expected.total_gib - expected.cuda_context_gib)
+    expected = _recomputed(config, precision, device="cpu")  # the process's resident memory: no CUDA context
+    assert choice.estimate.total_gib == pytest.approx(expected.total_gib)
+    assert expected.total_gib == pytest.approx(expected.peak_reserved_gib + expected.runtime_gib)
     assert choice.reasons[0] == "max_seq_len 256: no data given, the cpu preset's"
     with pytest.raises(ConfigError, match="quantization 4bit needs a CUDA GPU"):
         plan_training("auto", None, {"quantization": "4bit"})

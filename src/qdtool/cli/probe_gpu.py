@@ -77,7 +77,11 @@ def _estimate_table(hardware: Any, choice: Any) -> Any:
     terms = (("weights", e.weights_gib), (f"LoRA ({e.lora_params / 1e6:.1f}M) + grads + optimizer", e.lora_and_optimizer_gib),
              ("activations", e.activations_gib), ("logits and loss", e.logits_and_loss_gib),
              ("4-bit dequantization buffer", e.dequant_buffer_gib), ("allocator overhead", e.overhead_gib),
-             ("peak reserved (torch)", e.peak_reserved_gib), ("CUDA context", e.cuda_context_gib), ("needed free", e.total_gib))
+             ("peak reserved (torch)", e.peak_reserved_gib))
+    if hardware.gpus:
+        terms += (("CUDA context", e.cuda_context_gib), ("needed free", e.total_gib))
+    else:  # a CPU run's peak is the process's resident memory
+        terms += (("Python, torch, tokenizer", e.runtime_gib), ("peak RSS", e.total_gib))
     for label, value in terms:
         table.add_row(label, f"{value:.2f}")
     return table

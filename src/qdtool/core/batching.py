@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from qdtool.core.data import Record
 from qdtool.core.prompts import IGNORE_INDEX, EncodedSample, PromptOptions, encode_sample

@@ -10,10 +10,10 @@ before anything is generated.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from qdtool.core.hardware import Device, select_device
 from qdtool.core.prompts import PromptOptions, encode_prompt, parse_sub_questions, render_prompt

@@ -18,7 +18,8 @@ micro-batches), so gradient accumulation gives the same gradient as one big batc
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qdtool.core.prompts import IGNORE_INDEX
 

@@ -8,8 +8,11 @@ measures real training steps on a GPU to check them (see docs/benchmarks.md for 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
+
+from qdtool.core.loss import chunk_rows
 
 GIB = 2**30
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -24,6 +27,12 @@ LOSS_BYTES_PER_LOGIT = 14
 ALLOCATOR_OVERHEAD = 0.0
 # CALIBRATE: the CUDA context and kernels live outside max_memory_reserved() but take free memory.
 CUDA_CONTEXT_GIB = 0.6
+# CALIBRATE: on a CPU the peak is the process's resident memory: Python, torch, transformers and the
+# tokenizer (measured: RSS after loading the embedded model, minus its weights) ...
+CPU_RUNTIME_GIB = 0.63
+# ... and what glibc and oneDNN keep besides the live tensors (fitted to the default embedded run's
+# peak RSS; docs/benchmarks.md, "Training memory").
+CPU_ALLOCATOR_OVERHEAD = 0.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ class Shape:
     tied: bool
 
     @classmethod
-    def from_config(cls, config: Any) -> "Shape":
+    def from_config(cls, config: Any) -> Shape:
         """From a transformers config (Llama, Qwen2, Gemma 3, Mistral and alike)."""
         text = getattr(config, "text_config", None) or config
         heads = text.num_attention_heads
@@ -130,6 +139,7 @@ class MemoryEstimate:
     total_gib: float  # what must be free on the GPU
     lora_params: int
     parameters: int
+    runtime_gib: float = 0.0  # on a CPU: the process itself (Python, libraries, tokenizer)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -150,8 +160,9 @@ def estimate(
     precision: str = "bf16",
     lora_dropout: bool = True,
     shards: int = 1,
+    device: str = "cuda",
 ) -> MemoryEstimate:
-    """Predicted peak memory of one training step with these settings, on one GPU.
+    """Predicted peak memory of one training step with these settings, on one GPU (or the CPU).
 
     Args:
         shards: processes the weights are sharded over (`sharding: fsdp`; 1 = each holds all).
@@ -160,7 +171,9 @@ def estimate(
             (embeddings, head, norms), which FSDP keeps gathered from forward through backward.
         batch_tokens: tokens in one micro-batch (all rows together).
         supervised_share: share of those tokens that carry a label (qdtool computes logits only
-            there); ignored when `answer_only_logits` is False (the seed script's full logits).
+            there, core/loss.py's chunk of rows at a time, keeping each row's hidden-state gradient);
+            ignored when `answer_only_logits` is False (the seed script's full logits at every token).
+        device: "cuda" (peak reserved + CUDA context) or "cpu" (peak resident memory of the process).
     """
     bytes_16 = 4 if precision == "fp32" else 2
     weights = weight_bytes(shape, quantization, double_quant, bytes_16)
@@ -176,12 +189,17 @@ def estimate(
     if gradient_checkpointing:  # one layer is recomputed in full during backward
         activations += batch_tokens * activation_bytes_per_token_layer(shape, False, bytes_16, lora_dropout)
     activations += batch_tokens * shape.hidden * bytes_16 * 3  # embeddings out, final norm, its gradient
-    logit_rows = batch_tokens * (supervised_share if answer_only_logits else 1.0)
     # in fp32 the head's output is already fp32: no upcast copy
-    logits = logit_rows * shape.vocab * (LOSS_BYTES_PER_LOGIT if precision != "fp32" else LOSS_BYTES_PER_LOGIT - 2)
+    per_logit = LOSS_BYTES_PER_LOGIT if precision != "fp32" else LOSS_BYTES_PER_LOGIT - 2
+    if answer_only_logits:  # one chunk's logits at a time, plus the [answer tokens, hidden] gradient kept
+        answer_rows = batch_tokens * supervised_share
+        logits = min(answer_rows, chunk_rows(shape.vocab)) * shape.vocab * per_logit + answer_rows * shape.hidden * bytes_16
+    else:
+        logits = batch_tokens * shape.vocab * per_logit
     dequant = max(a * b for a, b in shape.linear_dims().values()) * bytes_16 if quantization != "none" else 0.0
     allocated = weights + lora + activations + logits + dequant
-    overhead = allocated * ALLOCATOR_OVERHEAD
+    overhead = allocated * (CPU_ALLOCATOR_OVERHEAD if device == "cpu" else ALLOCATOR_OVERHEAD)
     reserved = allocated + overhead
+    context, runtime = (0.0, CPU_RUNTIME_GIB) if device == "cpu" else (CUDA_CONTEXT_GIB, 0.0)
     return MemoryEstimate(weights / GIB, lora / GIB, activations / GIB, logits / GIB, dequant / GIB, overhead / GIB,
-                          reserved / GIB, CUDA_CONTEXT_GIB, reserved / GIB + CUDA_CONTEXT_GIB, n_lora, shape.parameters)
+                          reserved / GIB, context, reserved / GIB + context + runtime, n_lora, shape.parameters, runtime)

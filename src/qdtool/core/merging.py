@@ -9,9 +9,10 @@ is built beside its destination and swapped in whole, with qdtool_merge.json wri
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qdtool.core.files import read_json, write_json_atomic
 from qdtool.core.rundir import RunDir

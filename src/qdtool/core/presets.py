@@ -188,10 +188,8 @@ def estimate_settings(shape: Shape, settings: Mapping[str, Any], hardware: Hardw
     est = estimate(shape, quantization=settings["quantization"], double_quant=settings["double_quant"], lora_r=settings["lora_r"],
                    lora_target=settings["lora_target"], optimizer=settings["optimizer"], batch_tokens=tokens,
                    supervised_share=supervised_share, gradient_checkpointing=settings["gradient_checkpointing"],
-                   precision=run_precision(hardware, settings), lora_dropout=settings["lora_dropout"] > 0, shards=shards)
-    if not hardware.gpus:
-        est.total_gib -= est.cuda_context_gib
-        est.cuda_context_gib = 0.0
+                   precision=run_precision(hardware, settings), lora_dropout=settings["lora_dropout"] > 0, shards=shards,
+                   device="cuda" if hardware.gpus else "cpu")
     return est
 
 
