@@ -73,7 +73,9 @@ def measure(shape: str, quant: str, rows: int, length: int, gc: bool) -> dict:
         model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype, device_map={"": 0}, quantization_config=bnb)
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     else:
         with torch.device("cuda" if cuda else "cpu"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -126,11 +128,12 @@ def main() -> None:
     print(f"{'shape':<14} {'quant':<5} {'tokens':>8} {'ckpt':<5} {'measured':>9} {'estimate':>9} {'error':>7}")
     for conf in configurations(args.shapes, args.quick):
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(conf)], capture_output=True, text=True)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
         if line is None:
             print(f"{conf}: failed\n{proc.stderr[-2000:]}")
             continue
-        row = {**json.loads(line[7:]), "date": date.today().isoformat(), "torch": torch.__version__, "transformers": transformers.__version__}
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        row = {**json.loads(line[7:]), "date": date.today().isoformat(), **versions}
         rows.append(row)
         print(f"{row['shape']:<14} {row['quantization']:<5} {row['rows']}x{row['length']:>5} {str(row['checkpointing']):<5} "
               f"{row['measured_gib']:>9.2f} {row['estimated_gib']:>9.2f} {row['error']:>+7.1%}", flush=True)

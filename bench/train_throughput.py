@@ -131,7 +131,7 @@ def run_side(args) -> dict:
             group = data[start : start + per_step]
             ids = [(s.input_ids + [tokenizer.pad_token_id] * width)[:width] for s in group]
             # DataCollatorForLanguageModeling(mlm=False): labels = input ids, pad -> -100 (prompt included)
-            labels = [[t if k < len(s.input_ids) else IGNORE_INDEX for k, t in enumerate(row)] for s, row in zip(group, ids)]
+            labels = [[t if k < len(s.input_ids) else IGNORE_INDEX for k, t in enumerate(row)] for s, row in zip(group, ids, strict=True)]
             mask = [[1 if k < len(s.input_ids) else 0 for k in range(width)] for s in group]
             steps.append(([MicroBatch(ids, labels, None, mask, len(group))], sum(supervised[start : start + per_step]),
                           sum(min(len(s.input_ids), width) for s in group)))
@@ -222,7 +222,7 @@ def main() -> None:
     for side in ("seed", "qdtool"):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{side} side failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(line[7:]))
