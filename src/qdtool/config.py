@@ -51,7 +51,8 @@ class TrainConfig(BaseModel):
     trust_remote_code: bool = Field(False, description="Run the model repo's own code (off unless you trust it).")
 
     # prompt
-    template: Literal["auto", "plain", "chat"] = Field("auto", description="Prompt template: the model's chat template if it has one, else plain.")
+    template: Literal["auto", "plain", "chat"] = Field(
+        "auto", description="Prompt template: the model's chat template if it has one, else plain.")
     language: Literal["auto", "en", "ko"] = Field("auto", description="Instruction language; auto follows each question.")
     instruction: str | None = Field(None, description="Your own instruction text instead of the defaults.")
 
@@ -59,7 +60,8 @@ class TrainConfig(BaseModel):
     max_seq_len: int = Field(512, ge=16, description="Tokens per sample, prompt + answer.")
     overlong: Literal["drop", "truncate", "error"] = Field("drop", description="What to do with samples over max_seq_len.")
     packing: bool = Field(True, description="Pack several samples per row (padding-free); false: dynamic padding.")
-    batch_tokens: int = Field(1024, ge=16, description="Tokens per micro-batch row when packing (bounds the attention mask and the activations).")
+    batch_tokens: int = Field(
+        1024, ge=16, description="Tokens per micro-batch row when packing (bounds the attention mask and the activations).")
     batch_size: int = Field(4, ge=1, description="Samples per micro-batch without packing.")
     grad_accum: int = Field(2, ge=1, description="Micro-batches per optimizer step (the default: 2 x 1,024 = 2,048 tokens a step).")
 
@@ -74,12 +76,16 @@ class TrainConfig(BaseModel):
     # precision and memory
     quantization: Literal["none", "4bit", "8bit"] = Field("none", description="Base weights in 4-bit NF4 or 8-bit (CUDA + bitsandbytes).")
     double_quant: bool = Field(True, description="NF4 double quantization (4-bit only).")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Compute precision; auto: bf16 where the GPU or CPU supports it, else fp16 (GPU) or fp32 (CPU).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Compute precision; auto: bf16 where the GPU or CPU supports it, else fp16 (GPU) or fp32 (CPU).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
-    sharding: Literal["none", "fsdp"] = Field("none", description="With several processes (torchrun): none = each holds the whole model; fsdp = the base weights are sharded across them.")
+    sharding: Literal["none", "fsdp"] = Field(
+        "none", description="With several processes (torchrun): none = each holds the whole model; "
+        "fsdp = the base weights are sharded across them.")
 
     # optimization
-    optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field("adamw", description="Optimizer.")
+    optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field(
+        "adamw", description="Optimizer.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
@@ -93,7 +99,8 @@ class TrainConfig(BaseModel):
     eval_steps: int = Field(25, ge=1, description="Evaluate every N optimizer steps (and at the end).")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the newest).")
-    report_to: Literal["auto", "none", "wandb", "tensorboard"] = Field("auto", description="Tracking: auto = wandb if logged in, else none.")
+    report_to: Literal["auto", "none", "wandb", "tensorboard"] = Field(
+        "auto", description="Tracking: auto = wandb if logged in, else none.")
     run_name: str | None = Field(None, description="Name for the run in trackers; default: the output dir's name.")
 
     @model_validator(mode="after")

@@ -20,10 +20,13 @@ Examples:
 
 def merge(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (from qdtool train).", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the merged model. [default: RUN_DIR/merged]", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Where to write the merged model. [default: RUN_DIR/merged]", show_default=False)] = None,
     dtype: Annotated[str, typer.Option(metavar="bf16|fp16|fp32", help="Precision of the merged weights.")] = "bf16",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier merge output (kept until the new one is complete).")] = False,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the base model repo's own code (never taken from the run directory).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an earlier merge output (kept until the new one is complete).")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run the base model repo's own code (never taken from the run directory).")] = False,
 ) -> None:
     """Merge the LoRA adapter into the base model: a standalone model, verified before it is saved."""
     from qdtool.core.merging import merge as run

@@ -74,9 +74,13 @@ def _to_override(name: str, value: Any) -> Any:
 
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file of settings (see configs/).")] = None,
-    preset: Annotated[Optional[str], typer.Option(metavar="auto|cpu|8gb|12gb|16gb|24gb|48gb|80gb", help="Memory preset under --config and flags; auto plans for the GPU found (see qdtool probe-gpu).")] = None,
-    resume: Annotated[str, typer.Option(help="auto: continue from the last checkpoint in --output-dir; never; or a checkpoint path.")] = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run directory that holds a different run (or a finished one).")] = False,
+    preset: Annotated[Optional[str], typer.Option(
+        metavar="auto|cpu|8gb|12gb|16gb|24gb|48gb|80gb",
+        help="Memory preset under --config and flags; auto plans for the GPU found (see qdtool probe-gpu).")] = None,
+    resume: Annotated[str, typer.Option(
+        help="auto: continue from the last checkpoint in --output-dir; never; or a checkpoint path.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a run directory that holds a different run (or a finished one).")] = False,
     **fields: Any,
 ) -> None:
     """Fine-tune a LoRA adapter that turns the model into a question decomposer."""
@@ -197,10 +201,12 @@ def _summary(result: Any) -> None:
     table.add_column()
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     table.add_row("steps", f"{result.steps:,}" + (f" (resumed from {result.resumed_from})" if result.resumed_from else ""))
-    table.add_row("samples", f"{result.train_records:,} train / {result.eval_records:,} eval ({result.dropped} dropped, {result.truncated} truncated)")
+    table.add_row("samples", f"{result.train_records:,} train / {result.eval_records:,} eval "
+                  f"({result.dropped} dropped, {result.truncated} truncated)")
     table.add_row("time", f"{result.train_seconds:,.0f} s of training steps")
     table.add_row("supervised tokens", f"{result.supervised_tokens:,} ({result.supervised_tokens_per_s:,.1f} per s)")
-    table.add_row("eval loss", f"{fmt(result.first_eval_loss)} at start → {fmt(result.final_eval_loss)} at end (best {fmt(result.best_eval_loss)})")
+    table.add_row("eval loss", f"{fmt(result.first_eval_loss)} at start → {fmt(result.final_eval_loss)} at end "
+                  f"(best {fmt(result.best_eval_loss)})")
     table.add_row("peak memory", f"{result.peak_memory_gb:.2f} GiB ({'GPU reserved' if result.device == 'cuda' else 'process RSS'})")
     table.add_row("adapter", result.adapter_dir)
     table.add_row("curves", f"{result.output_dir}/metrics.jsonl, {result.output_dir}/loss.png")

@@ -238,7 +238,8 @@ def model_card(run: RunDir, config: Any, result: MergeResult) -> str:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if isinstance(v, (int, float))]
         lines.append("")
-    lines += ["## Use", "", "```bash", f"qdtool decompose --model {result.output_dir} \"Was Aristotle alive when the laptop was invented?\"", "```", "",
+    lines += ["## Use", "", "```bash",
+              f"qdtool decompose --model {result.output_dir} \"Was Aristotle alive when the laptop was invented?\"", "```", "",
               "## Training configuration", "", "```yaml", dump_config(config).rstrip(), "```", ""]
     return "\n".join(lines)
 
