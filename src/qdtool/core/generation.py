@@ -25,7 +25,7 @@ Progress = Callable[[int, int], None]  # (done, total)
 _TURN_ENDS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
@@ -327,7 +327,7 @@ def _check_lengths(rows: Sequence[dict[str, Any]], encoded: Sequence[list[int] |
     if tokens < 1:
         raise UsageError(f"--max-new-tokens {settings.max_new_tokens} leaves no room for a prompt ({why}); lower --max-new-tokens")
     problems = []
-    for index, (row, ids) in enumerate(zip(rows, encoded)):
+    for index, (row, ids) in enumerate(zip(rows, encoded, strict=True)):  # encoded: one per row
         place = f"record {numbers[index] if numbers else index + 1}" + (f" (id {row['id']})" if "id" in row else "")
         if ids is None:
             problems.append(f"{place}: the question is empty")
