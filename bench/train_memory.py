@@ -3,6 +3,7 @@
     python bench/train_memory.py --max-steps 12                          # this tree, the defaults
     python bench/train_memory.py --src /tmp/old/src --max-steps 12       # another checkout (before/after)
     python bench/train_memory.py --max-steps 12 -- --batch-tokens 1024   # after --: more `qdtool train` flags
+    python bench/train_memory.py --baseline-src /tmp/old/src --max-steps 12   # before/after, one after the other
 
 It starts `python -m qdtool train` (the embedded model, the bundled data, unless the extra flags say
 otherwise) in a child process with `--src` first on PYTHONPATH, reads the child's VmRSS from
@@ -10,7 +11,9 @@ otherwise) in a child process with `--src` first on PYTHONPATH, reads the child'
 run_config.yaml appears (written once the model has loaded), *first step* ends with the first step
 row in metrics.jsonl, *steady* is everything after. It prints the peak of each phase, the peak RSS
 of every step (the step rows' own ru_maxrss), and VmHWM (the kernel's peak), and appends one JSON
-line to --out. Run it alone: two torch processes on two cores make each other's figures noise.
+line to --out. With --baseline-src, the same run is made first with that tree, then with --src, and
+the ratios (peak RSS, supervised tokens/s of the training steps) are printed. Run it alone: two torch
+processes on two cores make each other's figures noise.
 """
 
 from __future__ import annotations
@@ -75,23 +78,36 @@ def profile(src: Path, max_steps: int, extra: list[str]) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", type=Path, default=REPO / "src", help="the source tree to run (its src/ directory)")
-    parser.add_argument("--max-steps", type=int, default=12)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_memory.jsonl")
-    parser.add_argument("extra", nargs="*", help="more `qdtool train` flags, after --")
-    args = parser.parse_args()
-    row = profile(args.src.resolve(), args.max_steps, args.extra)
+def _print(row: dict) -> None:
     gib = lambda kib: f"{kib / 2**20:.2f} GiB"  # noqa: E731
     print(f"{row['src']}  ({row['max_steps']} steps, {row['wall_s']} s, {row['supervised_tokens_per_s']} supervised tokens/s)")
     for phase, kib in row["peak_rss_kib"].items():
         print(f"  peak RSS, {phase:<10} {gib(kib)}")
     print(f"  VmHWM (whole run)     {gib(row['vm_hwm_kib'])}")
     print("  peak per step (GiB)   " + " ".join(f"{v:.2f}" for v in row["step_peak_gib"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, default=REPO / "src", help="the source tree to run (its src/ directory)")
+    parser.add_argument("--baseline-src", type=Path, help="a tree to run first, the same way, for before/after ratios")
+    parser.add_argument("--max-steps", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "train_memory.jsonl")
+    parser.add_argument("extra", nargs="*", help="more `qdtool train` flags, after --")
+    args = parser.parse_args()
+    trees = ([args.baseline_src] if args.baseline_src else []) + [args.src]
+    rows = []
+    for tree in trees:
+        rows.append(profile(tree.resolve(), args.max_steps, args.extra))
+        _print(rows[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    if len(rows) == 2:
+        before, after = rows
+        print(f"after / before: peak RSS {after['vm_hwm_kib'] / before['vm_hwm_kib']:.2f}x, "
+              f"supervised tokens/s {after['supervised_tokens_per_s'] / before['supervised_tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":
