@@ -14,9 +14,12 @@ from qdtool.errors import DataError
 from conftest import build_tiny_model
 
 RECORDS = [
-    Record("Was Aristotle alive when the laptop was invented?", ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]),
-    Record("세종대왕이 태어났을 때 조선은 건국된 지 100년이 넘었는가?", ["세종대왕은 몇 년에 태어났는가?", "조선은 몇 년에 건국되었는가?", "#1에서 #2를 뺀 값은 100보다 큰가?"]),
-    Record("Could a llama birth twice during the War in Vietnam?", ["How long was the Vietnam war?", "How long is a llama's gestation?", "Is #2 times 2 less than #1?"]),
+    Record("Was Aristotle alive when the laptop was invented?",
+           ["When did Aristotle die?", "When was the laptop invented?", "Is #2 before #1?"]),
+    Record("세종대왕이 태어났을 때 조선은 건국된 지 100년이 넘었는가?",
+           ["세종대왕은 몇 년에 태어났는가?", "조선은 몇 년에 건국되었는가?", "#1에서 #2를 뺀 값은 100보다 큰가?"]),
+    Record("Could a llama birth twice during the War in Vietnam?",
+           ["How long was the Vietnam war?", "How long is a llama's gestation?", "Is #2 times 2 less than #1?"]),
 ]
 
 

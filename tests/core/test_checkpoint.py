@@ -59,7 +59,7 @@ def test_round_trip_rotation_and_drop_after(tmp_path, tiny_tokenizer):
     state = load_checkpoint(root / "step-0000006", other, other_opt, other_sched)
     assert state == {"best_eval_loss": 1.5, "step": 6}
     assert torch.equal(torch.get_rng_state(), expected_rng)
-    for (name, a), b in zip(model.named_parameters(), other.parameters()):
+    for (name, a), b in zip(model.named_parameters(), other.parameters(), strict=True):  # the same architecture
         if a.requires_grad:
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert other_sched.last_epoch == scheduler.last_epoch

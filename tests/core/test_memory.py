@@ -32,7 +32,8 @@ def test_tiny_shape_by_hand():
     assert weight_bytes(shape, "none") == 2 * shape.parameters
     nf4_dq = linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + (shape.embedding_params + shape.norm_params) * 2
     assert weight_bytes(shape, "4bit", double_quant=True) == pytest.approx(nf4_dq)
-    assert weight_bytes(shape, "4bit", double_quant=False) == pytest.approx(linear * (0.5 + 4 / 64) + (shape.embedding_params + shape.norm_params) * 2)
+    nf4 = linear * (0.5 + 4 / 64) + (shape.embedding_params + shape.norm_params) * 2
+    assert weight_bytes(shape, "4bit", double_quant=False) == pytest.approx(nf4)
     # activations per token and layer, no checkpointing, bf16, LoRA dropout:
     # 4h + (h + q + h + i) + (2q + 2kv) + 3i elements x 2 B, plus (3h + q + 2h + i) x 3 B
     h, i, q, kv = 64, 128, 64, 32
