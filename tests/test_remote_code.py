@@ -1,7 +1,7 @@
 """Remote code runs only on this command line's --trust-remote-code: never from a config file or a
 run dir's run_config.yaml (which `train` reads to resume, and `merge` / `decompose` read for settings).
 
-The merge and decompose paths are tested end to end in tests/cli/test_merge_decompose.py."""
+The merge and decompose paths are tested end to end in tests/cli/test_merge.py and tests/cli/test_decompose.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`qdtool merge` and `qdtool decompose` on the command line; end to end on the embedded model."""
+"""`qdtool decompose` on the command line; end to end (train, merge, decompose) on the embedded model."""
 
 from __future__ import annotations
 
@@ -6,44 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from qdtool.cli.app import app
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
-runner = CliRunner()
+from run_support import EXAMPLES, plant_remote_code, runner, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cwd")
-    out = root / "runs" / "tiny"
-    result = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--data", str(EXAMPLES / "sample_train.json"),
-                                 "--output-dir", str(out), "--max-steps", "2", "--batch-tokens", "1024", "--max-seq-len", "512",
-                                 "--report-to", "none", "--eval-split", "0.2"])
-    assert result.exit_code == 0, result.output
-    return out
+    return train_tiny_run(tiny_model_dir, tmp_path_factory.mktemp("cwd"))
 
 
-def test_merge_then_decompose_a_file(tiny_run, tmp_path):
-    merged = tmp_path / "merged"
-    result = runner.invoke(app, ["merge", str(tiny_run), "--output", str(merged), "--dtype", "fp32"])
-    assert result.exit_code == 0, result.output
-    assert "✓ merged into" in result.output and "logits match base + adapter" in result.output
-    again = runner.invoke(app, ["merge", str(tiny_run), "--output", str(merged)])
-    assert again.exit_code == 2 and "pass --overwrite" in again.output
-
-    questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps({"id": i, "question": f"Question number {i}?"}) + "\n" for i in range(5)))
-    out = tmp_path / "out.jsonl"
-    result = runner.invoke(app, ["decompose", "--model", str(merged), "--input", str(questions), "--output", str(out),
-                                 "--format", "jsonl", "--max-new-tokens", "8", "--batch-size", "2"])
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == list(range(5))
-    assert all({"question", "sub_questions", "raw", "parse_ok"} <= set(r) for r in rows)
-    printed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert printed == rows
+@pytest.fixture(scope="module")
+def planted_run(tiny_run, tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    return plant_remote_code(tiny_run, tiny_model_dir, tmp_path_factory.mktemp("planted"))
 
 
 def test_decompose_defaults_to_the_latest_run_and_reads_stdin(tiny_run, monkeypatch):
@@ -134,22 +110,6 @@ def test_an_unwritable_output_fails_before_the_model_loads(tiny_run, tmp_path, m
                                  "--output", str(tmp_path / "ro" / "out.jsonl")])
     assert result.exit_code == 2, result.output
     assert f"cannot write {tmp_path / 'ro'}: the file system is read-only" in result.stderr
-
-
-def test_merge_to_a_read_only_destination_fails_before_the_model_loads(tiny_run, tmp_path, monkeypatch):
-    import errno
-    import tempfile
-
-    import qdtool.core.modeling as modeling
-
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    result = runner.invoke(app, ["merge", str(tiny_run), "--output", str(tmp_path / "merged")])
-    assert result.exit_code == 2, result.output
-    assert "the file system is read-only" in result.stderr and "Traceback" not in result.output
 
 
 def test_empty_and_overlong_questions_are_refused(tiny_run, tmp_path, monkeypatch):
@@ -271,31 +231,6 @@ def test_a_pickle_adapter_is_refused_by_decompose(tiny_run, tmp_path, monkeypatc
     assert "adapter_model.bin is a pickle file" in result.stderr and "UnpicklingError" not in result.output
 
 
-@pytest.fixture(scope="module")
-def planted_run(tiny_run, tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """A downloaded run dir whose run_config.yaml sets trust_remote_code: true for a base model that
-    carries its own code; that code creates a marker file when it runs."""
-    import shutil
-
-    import yaml
-
-    root = tmp_path_factory.mktemp("planted")
-    marker = root / "remote-code-ran"
-    base = root / "base"
-    shutil.copytree(tiny_model_dir, base)
-    config = json.loads((base / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "configuration_planted.PlantedConfig"}
-    (base / "config.json").write_text(json.dumps(config))
-    (base / "configuration_planted.py").write_text(
-        f"from pathlib import Path\nfrom transformers import LlamaConfig as PlantedConfig\n\nPath({str(marker)!r}).touch()\n")
-    run = root / "run"
-    shutil.copytree(tiny_run, run)
-    settings = yaml.safe_load((run / "run_config.yaml").read_text())
-    settings.update(model=str(base), trust_remote_code=True)
-    (run / "run_config.yaml").write_text(yaml.safe_dump(settings))
-    return run, marker
-
-
 @pytest.fixture
 def modules_cache(tmp_path, monkeypatch):
     """Where transformers copies a repo's code before running it: here, not in the user's cache."""
@@ -322,23 +257,6 @@ def test_a_run_dir_never_switches_on_remote_code(planted_run, modules_cache, tmp
     assert result.exit_code == 0, result.output
     assert marker.exists()
     marker.unlink()
-
-
-def test_merge_passes_only_its_own_flag_on(planted_run, monkeypatch, tmp_path):
-    import qdtool.core.modeling as modeling
-    from qdtool.errors import ModelError
-
-    seen = []
-
-    def spy(spec, **kwargs):
-        seen.append(kwargs["trust_remote_code"])
-        raise ModelError("stop here")
-
-    monkeypatch.setattr(modeling, "load_model", spy)
-    run, _ = planted_run
-    runner.invoke(app, ["merge", str(run), "--output", str(tmp_path / "a")])
-    runner.invoke(app, ["merge", str(run), "--output", str(tmp_path / "b"), "--trust-remote-code"])
-    assert seen == [False, True]
 
 
 @pytest.mark.embedded
