@@ -19,7 +19,7 @@ from typing import Any
 
 from qdtool.core import metrics as m
 from qdtool.core.data import Problem, json_type_name, problems_error, read_json_rows
-from qdtool.core.files import write_bytes_atomic, write_text_atomic
+from qdtool.core.files import json_line, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qdtool.errors import DataError
 
 Progress = Callable[[str], None]
@@ -243,15 +243,15 @@ def write_report(report: EvalReport, out: Path) -> list[Path]:
     Raises:
         WriteError: the file system refused a write (read-only, full, no permission).
     """
-    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
-    write_text_atomic(out / "per_example.jsonl", "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in report.examples))
+    write_json_atomic(out / "report.json", report.to_dict())
+    write_jsonl([e.to_dict() for e in report.examples], out / "per_example.jsonl")
     write_bytes_atomic(out / "metrics.png", _chart(report))
     return [out / "report.json", out / "per_example.jsonl", out / "metrics.png"]
 
 
 def write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """One JSON object per line, written atomically."""
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_text_atomic(path, "".join(json_line(row) for row in rows))
 
 
 def _chart(report: EvalReport) -> bytes:
