@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from qdtool.core.rundir import RunDir
 from qdtool.errors import ConfigError, ModelError, UsageError
 
 if TYPE_CHECKING:
@@ -200,14 +201,14 @@ def check_available(spec: str, progress: Progress | None = None) -> ModelSource:
 
 def _not_a_model_dir(path: Path) -> str:
     """Why a directory without config.json is not a model, for the two mistakes people make."""
+    run, holder = RunDir(path), RunDir.holding_adapter(path)
+    if holder is not None:
+        return f"{path} is the LoRA adapter of a run, not a model; pass the run directory instead: --model {holder}"
     if (path / "adapter_config.json").is_file():
-        run = path.parent
-        if (run / "run_config.yaml").is_file():
-            return f"{path} is the LoRA adapter of a run, not a model; pass the run directory instead: --model {run}"
-        return f"{path} is a LoRA adapter, not a model; pass the qdtool run directory that holds it (with run_config.yaml)"
-    if (path / "run_config.yaml").is_file():
-        return (f"{path} is a qdtool run without adapter/: the run may not have finished training. Resume it with "
-                f"`qdtool train --config {path / 'run_config.yaml'}`, or pass a finished run or its merged dir")
+        return f"{path} is a LoRA adapter, not a model; pass the qdtool run directory that holds it (with {run.config.name})"
+    if run.is_run():
+        return (f"{path} is a qdtool run without {run.adapter.name}/: the run may not have finished training. Resume it with "
+                f"`{run.resume_command}`, or pass a finished run or its merged dir")
     return f"{path} is a directory but has no config.json; pass a model directory saved by transformers"
 
 
