@@ -9,9 +9,11 @@ from qdtool.core.prompts import (
     INSTRUCTIONS,
     PLAIN_TEMPLATE,
     PromptOptions,
+    cut_steps,
     detect_language,
     encode_prompt,
     encode_sample,
+    first_repeat,
     format_answer,
     parse_sub_questions,
     render_prompt,
@@ -120,3 +122,13 @@ def test_parse_sub_questions(text, expected):
 
 def test_parse_inverts_format_answer():
     assert parse_sub_questions(format_answer(STEPS)).sub_questions == STEPS
+
+
+def test_a_repeated_step_and_what_follows_it_are_cut():
+    """Compared as metrics.normalize_step makes them: case, spacing and a final `?` do not make a step new."""
+    looping = ["When did Aristotle die?", "When was the laptop invented?", "when was the  laptop invented", "Is #2 before #1?"]
+    assert first_repeat(looping) == 2 and first_repeat(STEPS) is None
+    assert cut_steps(looping, stop_at_repeat=True) == looping[:2]
+    assert cut_steps(looping) == looping  # off: kept as generated
+    assert cut_steps(STEPS, max_steps=2) == STEPS[:2] and cut_steps(STEPS, max_steps=3) == STEPS and cut_steps(STEPS, 0) == STEPS
+    assert cut_steps(looping, max_steps=1, stop_at_repeat=True) == looping[:1]

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from qdtool.core.metrics import normalize_step
+
 Language = Literal["auto", "en", "ko"]
 TemplateKind = Literal["auto", "plain", "chat"]
 
@@ -164,3 +166,28 @@ def parse_sub_questions(text: str, stop_markers: Sequence[str] = ()) -> ParsedOu
             if step:
                 steps.append(step)
     return ParsedOutput(steps, text)
+
+
+def first_repeat(steps: Sequence[str]) -> int | None:
+    """The index of the first step that repeats an earlier one (compared as `metrics.normalize_step` makes them), else None."""
+    seen: set[str] = set()
+    for index, step in enumerate(steps):
+        key = normalize_step(step)
+        if key in seen:
+            return index
+        seen.add(key)
+    return None
+
+
+def cut_steps(steps: Sequence[str], max_steps: int = 0, stop_at_repeat: bool = False) -> list[str]:
+    """The steps a guarded decoding keeps: those before the first repeated step (with `stop_at_repeat`),
+    at most `max_steps` of them (0: any number).
+
+    A decomposition never asks the same thing twice (no reference in the bundled data does): a repeat
+    means the model has started to loop, and what follows it is the loop.
+    """
+    kept = list(steps)
+    repeat = first_repeat(kept) if stop_at_repeat else None
+    if repeat is not None:
+        kept = kept[:repeat]
+    return kept[:max_steps] if max_steps > 0 else kept
