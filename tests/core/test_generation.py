@@ -258,3 +258,156 @@ def test_load_decomposer_refuses_a_device_it_cannot_use(tiny_model_dir, monkeypa
         load_decomposer(str(tiny_model_dir), device="gpu")
     with pytest.raises(UsageError, match="--device cuda: no CUDA GPU is visible"):
         load_decomposer(str(tiny_model_dir), device="cuda")
+
+
+class ForcedModel(torch.nn.Module):
+    """A tiny real model whose greedy output is scripted per prompt (a logits processor forces each
+    token), so that transformers' own generate() runs with qdtool's stopping criteria and guards."""
+
+    def __init__(self, tokenizer, answers: dict[str, str]) -> None:
+        from conftest import build_tiny_model
+
+        super().__init__()
+        self.inner = build_tiny_model(len(tokenizer))
+        self.tokenizer, self.answers = tokenizer, answers
+        self.generation_config = self.inner.generation_config
+        self.outputs: list[dict[str, list[int]]] = []  # per call: each question's generated ids, padding included
+
+    def generate(self, input_ids, attention_mask, logits_processor=None, **kwargs):
+        from transformers import LogitsProcessorList
+
+        prompts = [self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True) for ids, mask in zip(input_ids, attention_mask,
+                                                                                                            strict=True)]
+        keys = [next(q for q in self.answers if q in prompt) for prompt in prompts]
+        scripts = [self.tokenizer(self.answers[k], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id] for k in keys]
+        width, eos = input_ids.shape[1], self.tokenizer.eos_token_id
+
+        def force(ids, scores):
+            t = ids.shape[1] - width
+            forced = torch.full_like(scores, float("-inf"))
+            for row, script in enumerate(scripts):
+                forced[row, script[t] if t < len(script) else eos] = 0.0
+            return forced
+
+        processors = LogitsProcessorList([*(logits_processor or []), force])
+        output = self.inner.generate(input_ids=input_ids, attention_mask=attention_mask, logits_processor=processors, **kwargs)
+        self.outputs.append({k: row[width:].tolist() for k, row in zip(keys, output, strict=True)})
+        return output
+
+
+LOOPING = {
+    "Aristotle": "1. When did Aristotle die?\n2. When was the laptop invented?\n3. when was the laptop  invented\n"
+                 "4. When did Aristotle die?\n5. When was the laptop invented?\n6. Is #2 before #1?",
+    "llama": "1. How long is a llama pregnant?\n2. How long did the War in Vietnam last?\n3. What is twice #1?\n"
+             "4. Is #2 longer than #3?\n5. What is a llama?\n6. What is a war?",
+}
+QUESTIONS = [{"question": "Was Aristotle alive when the laptop was invented?"},
+             {"question": "Could a llama birth twice during the War in Vietnam?"}]
+
+
+def _answer_text(model, tokenizer, key: str) -> str:
+    return tokenizer.decode(model.outputs[-1][key], skip_special_tokens=False)
+
+
+def test_a_repeated_step_stops_its_row_only_and_is_dropped(tiny_tokenizer):
+    tiny_tokenizer.padding_side = "left"
+    model = ForcedModel(tiny_tokenizer, LOOPING)
+    results = decompose(Decomposer(model, tiny_tokenizer), QUESTIONS, GenerationSettings(max_new_tokens=120, batch_size=2))
+    assert results[0].sub_questions == ["When did Aristotle die?", "When was the laptop invented?"]
+    assert results[0].raw.endswith("2. When was the laptop invented?\n3. when was the laptop  invented")  # stopped right there
+    assert results[1].sub_questions == [step.split(". ", 1)[1] for step in LOOPING["llama"].splitlines()]  # its batch-mate went on
+    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
+    done = model.outputs[-1]["Aristotle"]
+    generated = len(tiny_tokenizer(LOOPING["Aristotle"].split("\n4.")[0] + "\n", add_special_tokens=False)["input_ids"])
+    assert set(done[generated:]) == {pad} and len(done) > generated  # padded while the llama row finished
+    assert model.outputs[-1]["llama"][-1] == eos
+
+
+def test_the_step_cap_stops_generation_and_cuts_the_steps(tiny_tokenizer):
+    tiny_tokenizer.padding_side = "left"
+    model = ForcedModel(tiny_tokenizer, LOOPING)
+    decomposer = Decomposer(model, tiny_tokenizer, longest_trained=4)  # a run trained on at most 4 steps
+    results = decompose(decomposer, QUESTIONS[1:], GenerationSettings(max_new_tokens=120))
+    assert results[0].sub_questions == [step.split(". ", 1)[1] for step in LOOPING["llama"].splitlines()[:4]]
+    assert "5." not in _answer_text(model, tiny_tokenizer, "llama")  # generation stopped after the 4th step's newline
+    assert decompose(decomposer, QUESTIONS[1:], GenerationSettings(max_new_tokens=120, max_sub_questions=2))[0].sub_questions == \
+        results[0].sub_questions[:2]
+    assert "3." not in _answer_text(model, tiny_tokenizer, "llama")
+    assert Decomposer(model, tiny_tokenizer).step_cap(GenerationSettings()) == 8  # nothing recorded: the fixed default
+
+
+def test_without_guards_the_output_runs_on_as_generated(tiny_tokenizer):
+    tiny_tokenizer.padding_side = "left"
+    model = ForcedModel(tiny_tokenizer, LOOPING)
+    settings = GenerationSettings(max_new_tokens=120, batch_size=2, max_sub_questions=0, stop_at_repeat=False)
+    results = decompose(Decomposer(model, tiny_tokenizer, longest_trained=2), QUESTIONS, settings)
+    assert [len(r.sub_questions) for r in results] == [6, 6]
+    assert all(ids[-1] == tiny_tokenizer.eos_token_id for ids in model.outputs[-1].values())
+
+
+def test_parsed_steps_are_cut_even_where_generation_did_not_stop(tiny_tokenizer):
+    """A model whose generate() ignores the stopping criteria (ScriptedModel): the parse cuts the same way."""
+    tiny_tokenizer.padding_side = "left"
+    model = ScriptedModel(tiny_tokenizer, LOOPING)
+    results = decompose(Decomposer(model, tiny_tokenizer), QUESTIONS, GenerationSettings(max_new_tokens=200, max_sub_questions=5))
+    assert [len(r.sub_questions) for r in results] == [2, 5]
+    assert results[0].raw.endswith("6. Is #2 before #1?")  # the raw text stays whole
+
+
+def test_a_line_that_restarts_the_template_stops_the_row(tiny_tokenizer):
+    """A base model with the plain few-shot template goes on with the next `### Instruction:`: nothing after it is parsed."""
+    tiny_tokenizer.padding_side = "left"
+    answers = {"Aristotle": "1. When did Aristotle die?\n2. Is #1 after 1980?\n\n### Instruction:\nDecompose the question.\n"
+                            "### Question:\nWas Aristotle alive?\n### Sub-questions:\n1. When"}
+    model = ForcedModel(tiny_tokenizer, answers)
+    results = decompose(Decomposer(model, tiny_tokenizer), QUESTIONS[:1], GenerationSettings(max_new_tokens=120))
+    assert results[0].sub_questions == ["When did Aristotle die?", "Is #1 after 1980?"]
+    assert "Decompose" not in _answer_text(model, tiny_tokenizer, "Aristotle")
+
+
+def test_repetition_guards_count_the_answer_not_the_prompt(tiny_tokenizer):
+    """transformers' own no-repeat n-gram and repetition penalty count the prompt too: a sub-question
+    could then not repeat the question's words. Ours look after the prompt (`width`) only."""
+    from qdtool.core.generation import _guards
+
+    settings = GenerationSettings(no_repeat_ngram_size=2, repetition_penalty=2.0, max_sub_questions=0, stop_at_repeat=False)
+    guards = _guards(Decomposer(None, tiny_tokenizer), settings, 0, width=3)
+    assert "stopping_criteria" not in guards
+    penalty, no_repeat = guards["logits_processor"]
+    ids = torch.tensor([[7, 8, 9, 7, 5, 7]])  # prompt 7 8 9, answer 7 5 7
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 1.0, -3.0, 2.0, 2.0]])
+    penalised = penalty(ids, scores.clone())
+    torch.testing.assert_close(penalised, torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, -6.0, 2.0, 2.0]]))  # 8, 9: prompt only
+    banned = no_repeat(ids, scores.clone())
+    assert banned[0, 5] == float("-inf")  # 7 5 is in the answer: 5 may not follow 7 again
+    assert banned[0, 8] == 2.0  # 7 8 is in the prompt only
+    assert torch.isfinite(banned[0, [0, 1, 2, 3, 4, 6, 7, 8, 9]]).all()
+    assert "logits_processor" not in _guards(Decomposer(None, tiny_tokenizer), GenerationSettings(), 8, width=3)  # off by default
+
+
+def test_a_trained_run_records_its_longest_decomposition_and_decompose_caps_there(tiny_model_dir, tmp_path):
+    """train writes it to run_summary.json, merge carries it to qdtool_merge.json, load_decomposer reads it back."""
+    from qdtool.config import load_train_config
+    from qdtool.core import training
+    from qdtool.core.generation import load_decomposer
+    from qdtool.core.merging import merge
+
+    from conftest import EXAMPLES
+
+    lines = (EXAMPLES / "strategyqa_train.jsonl").read_text(encoding="utf-8").splitlines()[:12]
+    longest = {"question": "Was Aristotle alive when the laptop was invented?", "sub_questions": [f"Step {i}?" for i in range(6)]}
+    (tmp_path / "train.jsonl").write_text("\n".join([*lines, json.dumps(longest)]) + "\n", encoding="utf-8")
+    assert max(len(json.loads(line)["sub_questions"]) for line in lines) < 6
+    run = tmp_path / "run"
+    config = load_train_config(overrides=dict(model=str(tiny_model_dir), data=str(tmp_path / "train.jsonl"), output_dir=str(run),
+                                              max_steps=1, batch_tokens=1024, max_seq_len=512, eval_steps=100, save_steps=100,
+                                              report_to="none", eval_split=0.2))
+    assert training.train(config).longest_decomposition == 6
+    assert json.loads((run / "run_summary.json").read_text())["longest_decomposition"] == 6
+    decomposer = load_decomposer(str(run), device="cpu")
+    assert decomposer.longest_trained == 6 and decomposer.step_cap(GenerationSettings()) == 6
+    assert decomposer.step_cap(GenerationSettings(max_sub_questions=0)) == 0  # the settings' own cap wins
+    merge(run, dtype="fp32")
+    assert json.loads((run / "merged" / "qdtool_merge.json").read_text())["longest_decomposition"] == 6
+    assert load_decomposer(str(run / "merged"), device="cpu").longest_trained == 6
+    assert load_decomposer(str(tiny_model_dir), device="cpu").longest_trained is None  # a base model: no record

@@ -6,6 +6,9 @@ generated in left-padded batches; results come back in input order as soon as th
 caller can write each one at once. Every output is parsed, and a malformed one becomes
 `parse_ok: false` with the raw text kept. Empty questions and prompts over the limit are refused
 before anything is generated.
+
+A row stops early at its step cap (by default the run's longest training decomposition) or at a step
+that repeats an earlier one, its batch-mates going on; the parsed steps are cut the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qdtool.core.hardware import Device, select_device
-from qdtool.core.prompts import PromptOptions, encode_prompt, parse_sub_questions, render_prompt
+from qdtool.core.prompts import ParsedOutput, PromptOptions, cut_steps, encode_prompt, first_repeat, parse_sub_questions, render_prompt
 from qdtool.core.rundir import RunDir
 from qdtool.errors import DataError, UsageError
 
@@ -33,6 +36,17 @@ class GenerationSettings:
     num_return_sequences: int = 1
     batch_size: int = 16
     max_input_tokens: int = 1024  # prompt tokens per question at most; longer ones are refused, not generated
+    # Steps per output at most (generation stops there; 0: no cap); None: the run's longest training
+    # decomposition (run_summary.json, qdtool_merge.json), else DEFAULT_MAX_SUB_QUESTIONS.
+    max_sub_questions: int | None = None
+    stop_at_repeat: bool = True  # a step equal to an earlier one (normalised) ends the output; the repeat is dropped
+    no_repeat_ngram_size: int = 0  # tokens; n > 0: no n-gram twice in the answer (the prompt does not count); 0: off
+    repetition_penalty: float = 1.0  # > 1: tokens already in the answer get less likely (the prompt does not count); 1.0: off
+
+
+# The step cap of a model without a record of its training data (a base model, an older run):
+# above the longest decomposition of the bundled data (5 steps), below a runaway.
+DEFAULT_MAX_SUB_QUESTIONS = 8
 
 
 @dataclass
@@ -43,6 +57,13 @@ class Decomposer:
     tokenizer: Any
     prompt_options: PromptOptions = field(default_factory=PromptOptions)
     source: str = ""
+    longest_trained: int | None = None  # steps of the run's longest training decomposition, where it was recorded
+
+    def step_cap(self, settings: GenerationSettings) -> int:
+        """Steps per output at most (0: no cap): the settings', else the run's longest training decomposition, else the default."""
+        if settings.max_sub_questions is not None:
+            return settings.max_sub_questions
+        return self.longest_trained or DEFAULT_MAX_SUB_QUESTIONS
 
     @property
     def stop_markers(self) -> list[str]:
@@ -84,7 +105,8 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
     target = select_device(device=device)
     # Only this command's own flag runs a model repo's code: a run dir's run_config.yaml may come
     # from anyone, so its trust_remote_code is never read (load_train_config drops it too).
-    if config is not None:
+    as_run = config is not None
+    if as_run:
         model, tokenizer = _load_run(run, config, target, trust_remote_code, progress)
     else:
         model, tokenizer = _load_model(spec, target, trust_remote_code, progress)
@@ -92,7 +114,18 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
     model.eval()
     _contiguous_head_input(model)
     tokenizer.padding_side = "left"  # generation continues on the right
-    return Decomposer(model, tokenizer, config.prompt_options() if config is not None else PromptOptions(), spec)
+    prompt_options = config.prompt_options() if config is not None else PromptOptions()
+    return Decomposer(model, tokenizer, prompt_options, spec, _longest_trained(run, as_run))
+
+
+def _longest_trained(run: RunDir, as_run: bool) -> int | None:
+    """Steps of the longest training decomposition, as a run's summary (or a merge's marker) recorded it; None without a record."""
+    from qdtool.core.files import read_json
+    from qdtool.core.merging import MARKER
+
+    record = read_json(run.summary if as_run else run.path / MARKER, default=None)
+    value = record.get("longest_decomposition") if isinstance(record, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _load_run(run: RunDir, config: Any, target: Device, trust_remote_code: bool, progress) -> tuple[Any, Any]:
@@ -374,19 +407,124 @@ def _generate_batch(decomposer: Decomposer, rows: Sequence[dict[str, Any]], enco
     pad = gen_kwargs["pad_token_id"]
     input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
     attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
+    cap = decomposer.step_cap(settings)
+    guards = _guards(decomposer, settings, cap, width)
     with torch.no_grad():
-        output = model.generate(input_ids=input_ids, attention_mask=attention, streamer=streamer, **gen_kwargs)
+        output = model.generate(input_ids=input_ids, attention_mask=attention, streamer=streamer, **gen_kwargs, **guards)
     texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=False)
     n = settings.num_return_sequences
     results = {}
     for k, index in enumerate(batch):
-        parsed = [parse_sub_questions(_until_stop(t, tokenizer, decomposer.stop_markers)) for t in texts[k * n : (k + 1) * n]]
+        parsed = [_parse(t, decomposer, cap, settings.stop_at_repeat) for t in texts[k * n : (k + 1) * n]]
         row = rows[index]
         first = parsed[0]
         samples = [{"sub_questions": p.sub_questions, "raw": p.raw, "parse_ok": p.parse_ok} for p in parsed] if n > 1 else []
         extra = {key: value for key, value in row.items() if key not in ("question", "sub_questions")}
         results[index] = Decomposition(row["question"], first.sub_questions, first.raw, first.parse_ok, extra, samples)
     return results
+
+
+def _parse(text: str, decomposer: Decomposer, cap: int, stop_at_repeat: bool) -> ParsedOutput:
+    """The steps of one generated text, cut as the guards cut generation (the raw text is kept whole)."""
+    parsed = parse_sub_questions(_until_stop(text, decomposer.tokenizer, decomposer.stop_markers))
+    return ParsedOutput(cut_steps(parsed.sub_questions, cap, stop_at_repeat), parsed.raw)
+
+
+def _guards(decomposer: Decomposer, settings: GenerationSettings, cap: int, width: int) -> dict[str, Any]:
+    """generate()'s extra arguments for the step cap, stop-at-repeat and the repetition guards ({} when all are off).
+
+    `width` is the padded prompt length: what comes after it in a row is that row's answer.
+    """
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    guards: dict[str, Any] = {}
+    if cap > 0 or settings.stop_at_repeat:
+        guards["stopping_criteria"] = StoppingCriteriaList([_step_stop(_StepWatch(decomposer, cap, settings.stop_at_repeat), width)])
+    processors = _answer_guards(settings, width)
+    if processors:
+        guards["logits_processor"] = LogitsProcessorList(processors)
+    return guards
+
+
+class _StepWatch:
+    """Whether a row's answer so far is done: it has `cap` complete steps, a complete step repeats an
+    earlier one, or a complete line restarts the template (`### ...`: nothing after it is parsed).
+
+    A step is complete once a newline follows it, so the text is parsed again only at tokens that
+    hold a newline.
+    """
+
+    def __init__(self, decomposer: Decomposer, cap: int, stop_at_repeat: bool) -> None:
+        self.tokenizer, self.markers = decomposer.tokenizer, decomposer.stop_markers
+        self.cap, self.stop_at_repeat = cap, stop_at_repeat
+        self._newline: dict[int, bool] = {}  # token id -> whether its text holds a newline
+
+    def ends_line(self, token: int) -> bool:
+        if token not in self._newline:
+            self._newline[token] = "\n" in self.tokenizer.decode([token])
+        return self._newline[token]
+
+    def done(self, answer: Sequence[int]) -> bool:
+        text = self.tokenizer.decode(list(answer), skip_special_tokens=False)
+        for marker in self.markers:
+            if marker:
+                text = text.split(marker, 1)[0]
+        complete = text.rpartition("\n")[0]  # the last line may still be growing
+        if any(line.lstrip().startswith("###") for line in complete.splitlines()):
+            return True
+        steps = parse_sub_questions(complete).sub_questions
+        return (0 < self.cap <= len(steps)) or (self.stop_at_repeat and first_repeat(steps) is not None)
+
+
+def _step_stop(watch: _StepWatch, width: int) -> Any:
+    """A StoppingCriteria that asks `watch` about each row: generate() pads the rows that are done and continues the others."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _StepStop(StoppingCriteria):
+        def __init__(self) -> None:
+            self.done: list[bool] = []
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            if not self.done:
+                self.done = [False] * input_ids.shape[0]
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                if not self.done[row] and watch.ends_line(token):
+                    self.done[row] = watch.done(input_ids[row, width:].tolist())
+            return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+    return _StepStop()
+
+
+def _answer_guards(settings: GenerationSettings, width: int) -> list[Any]:
+    """No-repeat n-gram and repetition penalty over each row's answer only.
+
+    transformers' own versions count the prompt too, and a sub-question is meant to repeat the
+    question's words ("When was the laptop invented?"): there they would ban exactly those.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    size, penalty = settings.no_repeat_ngram_size, settings.repetition_penalty
+
+    class _NoRepeatNGram(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            for row, ids in enumerate(input_ids[:, width:].tolist()):
+                prefix = ids[len(ids) - size + 1:] if size > 1 else []
+                banned = [ids[i + size - 1] for i in range(len(ids) - size + 1) if ids[i : i + size - 1] == prefix]
+                if banned:  # the tokens that would complete an n-gram the answer already has
+                    scores[row, banned] = float("-inf")
+            return scores
+
+    class _RepetitionPenalty(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            answer = input_ids[:, width:]
+            if answer.shape[1] == 0:
+                return scores
+            seen = scores.gather(1, answer)  # as transformers does it: positive logits divided, negative multiplied
+            return scores.scatter(1, answer, torch.where(seen < 0, seen * penalty, seen / penalty))
+
+    return ([_RepetitionPenalty()] if penalty != 1.0 else []) + ([_NoRepeatNGram()] if size > 0 else [])
 
 
 def _until_stop(text: str, tokenizer: Any, stop_markers: Sequence[str]) -> str:
@@ -399,5 +537,5 @@ def _until_stop(text: str, tokenizer: Any, stop_markers: Sequence[str]) -> str:
     return text.strip()
 
 
-__all__ = ["Decomposer", "Decomposition", "GenerationSettings", "decompose", "decompose_stream", "load_decomposer",
-           "prompt_limit", "read_questions"]
+__all__ = ["DEFAULT_MAX_SUB_QUESTIONS", "Decomposer", "Decomposition", "GenerationSettings", "decompose", "decompose_stream",
+           "load_decomposer", "prompt_limit", "read_questions"]

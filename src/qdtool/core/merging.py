@@ -41,6 +41,7 @@ class MergeResult:
     tolerance: float
     parameters: int
     size_gb: float
+    longest_decomposition: int | None = None  # from the run's summary: decompose's default step cap for this model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +84,8 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, dtype: str =
     model, tokenizer, parameters, size_gb = _load(run, config, dtype, out, trust_remote_code, say)
     merged, diff = _merge_checked(model, tokenizer, config, dtype, say)
     say(f"writing {out}")
-    result = MergeResult(str(out), config.model, dtype, diff, TOLERANCE[dtype], parameters, round(size_gb, 3))
+    result = MergeResult(str(out), config.model, dtype, diff, TOLERANCE[dtype], parameters, round(size_gb, 3),
+                         read_json(run.summary, default={}).get("longest_decomposition"))
     _write(out, run, config, merged, tokenizer, result)
     return result
 

@@ -46,8 +46,16 @@ def _result(run: Run) -> TrainResult:
         device=run.hardware.device,
         precision=run.hardware.precision,
         trainable_params=run.trainable,
+        longest_decomposition=_longest_decomposition(run),
         warnings=run.report.warnings,  # the same list: a warning that comes later still lands in the result
     )
+
+
+def _longest_decomposition(run: Run) -> int | None:
+    """The most sub-questions of a record in the training files (held-out rows included): `decompose`'s default step cap."""
+    from qdtool.core.data import read_dataset
+
+    return max((len(r.sub_questions) for f in run.data_files if f.role == "train" for r in read_dataset(f.path)), default=None)
 
 
 def _save_adapter(run: Run, result: TrainResult, whole: dict) -> None:

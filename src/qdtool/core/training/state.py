@@ -35,6 +35,7 @@ class TrainResult:
     device: str = ""
     precision: str = ""
     trainable_params: int = 0
+    longest_decomposition: int | None = None  # steps of the longest training record: `decompose` caps its outputs there
     already_complete: bool = False
     warnings: list[str] = field(default_factory=list)
 
