@@ -280,3 +280,20 @@ def test_end_to_end_on_the_embedded_model(use_embedded_cache, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [r["id"] for r in val]
     assert sum(r["parse_ok"] for r in rows) >= 5  # a base model after 2 steps already follows the numbered format
+
+
+def test_the_decoding_guard_options_reach_the_generation_settings(monkeypatch):
+    from qdtool.core import generation
+
+    seen = []
+    monkeypatch.setattr(generation, "load_decomposer", lambda *a, **k: object())
+    monkeypatch.setattr(generation, "decompose_stream", lambda decomposer, rows, settings, **k: seen.append(settings) or iter([]))
+    result = runner.invoke(app, ["decompose", "Q?", "--model", "embedded", "--max-sub-questions", "3", "--keep-repeats",
+                                 "--no-repeat-ngram-size", "4", "--repetition-penalty", "1.2"])
+    assert result.exit_code == 0, result.output
+    assert seen[0] == generation.GenerationSettings(max_sub_questions=3, stop_at_repeat=False, no_repeat_ngram_size=4,
+                                                    repetition_penalty=1.2)
+    assert runner.invoke(app, ["decompose", "Q?", "--model", "embedded"]).exit_code == 0
+    assert seen[1] == generation.GenerationSettings()  # the defaults: the run's own cap, stop at a repeat, no repetition guard
+    result = runner.invoke(app, ["decompose", "Q?", "--model", "embedded", "--repetition-penalty", "0.9"])
+    assert result.exit_code == 2 and "--repetition-penalty" in result.output and len(seen) == 2

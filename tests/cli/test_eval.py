@@ -155,3 +155,23 @@ def test_limit_applies_to_every_compared_source(tmp_path):
 def test_limit_must_be_positive():
     result = runner.invoke(app, ["eval", "--data", str(VAL), "--predictions", str(VAL), "--limit", "0"])
     assert result.exit_code == 2 and "Invalid value for '--limit'" in result.output
+
+
+def test_the_decoding_guard_options_reach_the_generation_settings(monkeypatch):
+    from qdtool.core.generation import GenerationSettings
+
+    seen = []
+
+    def predict(references, source, settings, shots, shots_from, progress=None, limit=None):
+        seen.append(settings)
+        return [{"id": r["id"], "question": r["question"], "sub_questions": r["sub_questions"]} for r in references[:limit]]
+
+    monkeypatch.setattr("qdtool.core.evaluation.predict", predict)
+    args = ["eval", "--data", str(VAL), "--model", "embedded", "--limit", "2", "--json"]
+    result = runner.invoke(app, [*args, "--max-sub-questions", "0", "--keep-repeats", "--no-repeat-ngram-size", "3",
+                                 "--repetition-penalty", "1.1"])
+    assert result.exit_code == 0, result.output
+    assert seen[0] == GenerationSettings(max_new_tokens=160, max_sub_questions=0, stop_at_repeat=False, no_repeat_ngram_size=3,
+                                         repetition_penalty=1.1)
+    assert runner.invoke(app, args).exit_code == 0
+    assert seen[1] == GenerationSettings(max_new_tokens=160)  # decompose's guard defaults

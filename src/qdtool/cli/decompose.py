@@ -29,7 +29,21 @@ command continues, skipping the questions already in the file (matched by "id", 
 
 --model takes a run dir (base + adapter), a merged dir, a hub id or 'embedded'; by default the most
 recent run under runs/.
+
+An output stops at its step cap (--max-sub-questions; by default the longest decomposition the run
+was trained on, else 8) and at a step that repeats an earlier one (--keep-repeats goes on instead).
 """
+
+# Decoding guards, the same options in `decompose` and `eval`.
+MaxSubQuestions = Annotated[Optional[int], typer.Option(
+    min=0, metavar="N", show_default=False,
+    help="Steps per output at most, by default the run's longest training decomposition (else 8); generation stops there. 0: no cap.")]
+StopAtRepeat = Annotated[bool, typer.Option(
+    "--stop-at-repeat/--keep-repeats", help="End an output at a step that repeats an earlier one (the repeat is dropped).")]
+NoRepeatNgramSize = Annotated[int, typer.Option(
+    min=0, metavar="N", help="No N-gram of tokens twice in an answer (the prompt does not count); 0: off.")]
+RepetitionPenalty = Annotated[float, typer.Option(
+    min=1.0, help="Tokens already in an answer get less likely by this factor (the prompt does not count); 1.0: off.")]
 
 
 def decompose(
@@ -53,6 +67,10 @@ def decompose(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).")] = 1.0,
     num_return_sequences: Annotated[int, typer.Option(min=1, help="Decompositions per question (sampling).")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
+    max_sub_questions: MaxSubQuestions = None,
+    stop_at_repeat: StopAtRepeat = True,
+    no_repeat_ngram_size: NoRepeatNgramSize = 0,
+    repetition_penalty: RepetitionPenalty = 1.0,
     device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where to run.")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Run the model repo's own code (never taken from a run directory).")] = False,
@@ -66,7 +84,8 @@ def decompose(
     try:
         with user_errors():
             rows = _read_rows(question, input, format, num_return_sequences, temperature)
-            settings = GenerationSettings(max_new_tokens, temperature, top_p, num_return_sequences, batch_size, max_input_tokens)
+            settings = GenerationSettings(max_new_tokens, temperature, top_p, num_return_sequences, batch_size, max_input_tokens,
+                                          max_sub_questions, stop_at_repeat, no_repeat_ngram_size, repetition_penalty)
             numbers = list(range(1, len(rows) + 1))  # each row's place in the input, for messages
             if output is not None:  # before the model loads: a bad --output fails in a second, not after the work
                 sink = ResultsFile(output, overwrite=overwrite)

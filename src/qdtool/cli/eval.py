@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool.cli._common import console, err_console, quiet_libraries, status, user_errors
+from qdtool.cli.decompose import MaxSubQuestions, NoRepeatNgramSize, RepetitionPenalty, StopAtRepeat
 from qdtool.errors import UsageError
 
 EXAMPLES = """
@@ -51,6 +52,10 @@ def eval(  # noqa: A001 - the command's name
         help="Where the demonstrations come from [default: bundled StrategyQA train].")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation limit per question.")] = 160,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
+    max_sub_questions: MaxSubQuestions = None,
+    stop_at_repeat: StopAtRepeat = True,
+    no_repeat_ngram_size: NoRepeatNgramSize = 0,
+    repetition_penalty: RepetitionPenalty = 1.0,
     limit: Annotated[Optional[int], typer.Option(
         min=1, metavar="N",
         help="Score only the first N references of --data (file order); predictions for the others are ignored.")] = None,
@@ -67,7 +72,9 @@ def eval(  # noqa: A001 - the command's name
         if output is not None:
             ensure_writable_dir(output)  # now, not after minutes of generation
         references = [r.to_dict() for r in read_dataset(data)]
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, max_sub_questions=max_sub_questions,
+                                      stop_at_repeat=stop_at_repeat, no_repeat_ngram_size=no_repeat_ngram_size,
+                                      repetition_penalty=repetition_penalty)
 
         def run(source: str, is_file: bool):
             return _score(references, source, is_file, settings, shots, shots_from, limit)
