@@ -60,3 +60,26 @@ def test_head_strided_times_both_inputs_of_the_real_head(use_embedded_cache, tmp
     (row,) = _lines(out)
     assert row["rows"] == 2 and row["strided_view_s"] > 0 and row["contiguous_copy_s"] > 0
     assert "strided / contiguous" in stdout
+
+
+def test_decoding_guards_decodes_each_candidate_and_compares_it_with_no_guards(tiny_model_dir, tmp_path):
+    from qdtool.core.evaluation import evaluate, read_predictions
+
+    data, out = REPO / "examples" / "data" / "strategyqa_val.jsonl", tmp_path / "guards"
+    stdout = _run("decoding_guards.py", "--model", str(tiny_model_dir), "--data", str(data), "--limit", "3", "--max-new-tokens", "8",
+                  "--out", str(out))
+    rows = _lines(out / "summary.jsonl")
+    names = [r["candidate"] for r in rows]
+    assert names[:3] == ["none", "none+ngram3", "none+ngram4"] and len(names) == 15 and names[-1] == "cap+repeat+penalty1.2"
+    by_name = {r["candidate"]: r for r in rows}
+    assert (by_name["none"]["step_cap"], by_name["none"]["stop_at_repeat"]) == (0, False)
+    assert (by_name["cap+repeat"]["step_cap"], by_name["cap+repeat"]["stop_at_repeat"]) == (8, True)  # no record: the default cap
+    assert by_name["cap+ngram4"]["no_repeat_ngram_size"] == 4 and by_name["none+penalty1.2"]["repetition_penalty"] == 1.2
+    assert by_name["none"]["sari_vs_none"] == 0.0 and by_name["none"]["sari_vs_none_ci95"] == [0.0, 0.0]
+    references = [json.loads(line) for line in data.read_text().splitlines()]
+    for row in rows:  # each file scores again as the summary says, on the same 3 questions
+        report = evaluate(references, read_predictions(out / "predictions" / f"{row['candidate']}.jsonl"), row["candidate"], 3)
+        assert report.metrics["examples"] == row["examples"] == 3 and abs(report.metrics["sari"] - row["sari"]) < 1e-12
+        assert row["seconds"] > 0
+    assert "| cap+repeat |" in (out / "table.md").read_text() and "SARI − none (95% CI)" in stdout
+    assert f"--limit 3 --compare {out}/predictions/none.jsonl {out}/predictions/cap+repeat.jsonl" in stdout
