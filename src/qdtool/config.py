@@ -97,6 +97,15 @@ class TrainConfig(BaseModel):
 
     # runs
     eval_steps: int = Field(25, ge=1, description="Evaluate every N optimizer steps (and at the end).")
+    select_by: Literal["eval_loss", "sari"] = Field(
+        "eval_loss", description="The evaluation whose best step gives the adapter: lowest eval_loss or highest eval SARI "
+        "(a default until the recipe search decides it).")
+    eval_decode_records: int = Field(
+        32, ge=0, description="Eval records decoded (greedy) at each evaluation for eval SARI: a fixed, seeded subset of the "
+        "eval split; 0: no decoding.")
+    eval_decode_batch: int = Field(16, ge=1, description="Questions per generate() call when decoding them (as decompose's default).")
+    eval_decode_max_new_tokens: int = Field(256, ge=1, description="Tokens generated per question at most when decoding them "
+                                            "(as decompose's default).")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the newest).")
     report_to: Literal["auto", "none", "wandb", "tensorboard"] = Field(
@@ -120,6 +129,11 @@ class TrainConfig(BaseModel):
                             "optimizers do not take sharded parameters)")
         if self.sharding == "fsdp" and self.precision == "fp16":
             problems.append("sharding fsdp trains in bf16 or fp32, not fp16 (no sharded gradient scaler); use --precision bf16")
+        if self.select_by == "sari" and self.eval_decode_records == 0:
+            problems.append("select_by sari needs decoded eval records: set eval_decode_records above 0, or select_by eval_loss")
+        if self.select_by == "sari" and self.sharding == "fsdp":
+            problems.append("select_by sari decodes with the whole model, which no process holds under sharding fsdp; "
+                            "use select_by eval_loss")
         if problems:
             raise ValueError("\n".join(problems))
         return self

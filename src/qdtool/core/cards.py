@@ -80,6 +80,7 @@ def adapter_card(run_dir: Path, config: TrainConfig, result: Any, files: list[Da
         f"| steps | {result.steps:,} optimizer steps ({horizon}) |",
         (f"| eval loss (answer tokens) | {_fmt(result.first_eval_loss)} at start → {_fmt(result.final_eval_loss)} at end "
          f"(best {_fmt(result.best_eval_loss)}) |"),
+        *_selection_rows(result),
         f"| LoRA | {lora} |",
         (f"| optimization | {config.optimizer}, peak lr {config.lr:g}, {config.scheduler} after {config.warmup_ratio:.0%} "
          f"warm-up, weight decay {config.weight_decay:g}, seed {config.seed} |"),
@@ -97,6 +98,17 @@ def adapter_card(run_dir: Path, config: TrainConfig, result: Any, files: list[Da
         "Every setting of the run is in `../run_config.yaml`; the loss curves are in `../metrics.jsonl` and `../loss.png`.", "",
     ]
     return "\n".join(lines)
+
+
+def _selection_rows(result: Any) -> list[str]:
+    """Which step's weights the adapter holds, and the eval SARI of the decoded eval subset (when the run has them)."""
+    rows = []
+    if result.best_eval_sari is not None:
+        rows.append(f"| eval SARI (decoded eval subset) | {_fmt(result.final_eval_sari)} at end (best {_fmt(result.best_eval_sari)}) |")
+    if result.selected_step is not None:
+        rows.append(f"| weights | of step {result.selected_step:,}, the best evaluation by {result.selected_by} "
+                    f"({_fmt(result.selected_score)}) |")
+    return rows
 
 
 def _targets(target: Any) -> str:

@@ -147,6 +147,8 @@ _STATE_FIELDS = {
     "step": _count, "processes": _count, "supervised_tokens": _count, "sharded": lambda v: isinstance(v, bool),
     "train_seconds": _number_or_none, "best_eval_loss": _number_or_none, "first_eval_loss": _number_or_none,
     "final_eval_loss": _number_or_none, "final_train_loss": _number_or_none,
+    "best_step": lambda v: v is None or _count(v), "best_score": _number_or_none, "best_eval_sari": _number_or_none,
+    "final_eval_sari": _number_or_none,
 }
 
 

@@ -59,6 +59,7 @@ class Step:
 class Eval:
     step: int
     eval_loss: float  # token mean over the eval set's answer tokens
+    eval_sari: float | None = None  # corpus SARI of the decoded eval subset; None when nothing is decoded
 
 
 @dataclass(frozen=True)

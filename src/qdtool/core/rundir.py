@@ -6,6 +6,7 @@
       run_summary.json  what happened; written last, so its presence means the run finished
       metrics.jsonl     one row per step and per evaluation; loss.png, its curves
       checkpoints/      step-N/ resume points, removed once the adapter is written
+      best/             step-N/ the weights of the best evaluation (and those kept checkpoints name), removed with them
       merged/           `qdtool merge`'s default output
       .lock             held by the one `train` that runs here
 """
@@ -56,6 +57,11 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        """Where the weights of the best evaluation so far are kept (`core/training/best.py`)."""
+        return self.path / "best"
 
     @property
     def merged(self) -> Path:

@@ -87,3 +87,19 @@ def test_a_run_that_stopped_before_its_first_checkpoint_does_not_block_its_direc
             training.train(make_config(tiny_model_dir, data_file, tmp_path / "kept"))
     with pytest.raises(ConfigError, match=r"different configuration \(differs in: lr\)"):
         training.train(make_config(tiny_model_dir, data_file, tmp_path / "kept", lr=1e-4))
+
+
+def test_the_settings_that_pick_the_adapter_are_part_of_the_run(tiny_model_dir, data_file, tmp_path):
+    """select_by and the eval decoding decide which step's weights the adapter holds: a resume may not change them."""
+    from qdtool.config import dump_config
+    from qdtool.core.training import prepare_output_dir
+
+    out = tmp_path / "run"
+    config = make_config(tiny_model_dir, data_file, out)
+    (out / "checkpoints" / "step-0000002").mkdir(parents=True)  # a run with something to resume
+    (out / "checkpoints" / "step-0000002" / "trainer_state.json").write_text('{"step": 2}')
+    (out / "run_config.yaml").write_text(dump_config(config))
+    assert prepare_output_dir(config.model_copy(update={"eval_steps": 1}), overwrite=False) == out  # how often: run control
+    changed = {"select_by": "sari", "eval_decode_records": 4, "eval_decode_batch": 2, "eval_decode_max_new_tokens": 8}
+    with pytest.raises(ConfigError, match=r"differs in: eval_decode_batch, eval_decode_max_new_tokens, eval_decode_records, select_by\)"):
+        prepare_output_dir(config.model_copy(update=changed), overwrite=False)

@@ -29,7 +29,8 @@ def example_data(directory: Path) -> Path:
 
 def make_config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainConfig:
     values = dict(model=str(model_dir), data=str(data), output_dir=str(out), max_steps=6, batch_tokens=1024,
-                  max_seq_len=512, eval_steps=3, save_steps=100, lr=3e-3, report_to="none", eval_split=0.2)
+                  max_seq_len=512, eval_steps=3, save_steps=100, lr=3e-3, report_to="none", eval_split=0.2,
+                  eval_decode_max_new_tokens=16)  # eval SARI decodes, briefly: a random tiny model never stops by itself
     return load_train_config(overrides={**values, **overrides})
 
 
@@ -50,10 +51,12 @@ def stop_after(monkeypatch, step: int) -> None:
     monkeypatch.setattr(one_step, "train_step", stopping)
 
 
-def cli_args(model_dir, data, out, steps=10):
-    return ["train", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", str(steps),
-            "--batch-tokens", "1024", "--max-seq-len", "512", "--save-steps", "2", "--eval-steps", "100", "--lr", "3e-3",
-            "--report-to", "none", "--eval-split", "0.2"]
+def cli_args(model_dir, data, out, steps=10, **flags):
+    """`qdtool train` arguments of a quick run; `flags` (eval_steps=1, ...) replace or add options."""
+    values = {"model": model_dir, "data": data, "output_dir": out, "max_steps": steps, "batch_tokens": 1024, "max_seq_len": 512,
+              "save_steps": 2, "eval_steps": 100, "lr": "3e-3", "report_to": "none", "eval_split": 0.2,
+              "eval_decode_max_new_tokens": 16, **flags}
+    return ["train", *(part for name, value in values.items() for part in ("--" + name.replace("_", "-"), str(value)))]
 
 
 def spawn(args, slow: bool):

@@ -8,6 +8,8 @@ and RNG states, so it continues the same loss curve.
     run.py     train(): setup, loop, finish, under the run directory's lock
     setup.py   data, run directory, tokenizer, samples, optimizer, resume (outdir.py, model.py)
     loop.py    steps, evaluations, checkpoints; signals.py stops it cleanly
+    decode.py  eval SARI: the live model decodes a fixed subset of the eval records
+    best.py    the best evaluation's weights, kept on disk: the adapter is that step's
     step.py    one optimizer step (grad accumulation, token-mean loss, clipping)
     finish.py  adapter, loss curve, summary
     optim.py   optimizer and learning-rate schedule

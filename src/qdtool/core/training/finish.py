@@ -6,6 +6,7 @@ import shutil
 
 from qdtool.core.cards import adapter_card, record_base_model
 from qdtool.core.files import WriteError, atomic_dir, write_json_atomic
+from qdtool.core.training import best
 from qdtool.core.training.state import Run, TrainResult, peak_memory_gb
 from qdtool.errors import TrainingError
 
@@ -14,19 +15,32 @@ def finish(run: Run) -> TrainResult:
     """Write what the run made (first process) and return its result; checkpoints go once the adapter is safe."""
     from qdtool.core.tracking import plot_losses
 
-    whole = {}
-    if run.sharded:  # a collective under FSDP: every process takes part
-        from qdtool.core import sharding
-
-        whole = {"state_dict": sharding.full_lora_weights(run.model)}
+    whole = _adapter_weights(run)
     result = _result(run)
     if run.dist.main:  # the first process writes the adapter and the summary
         _save_adapter(run, result, whole)
         plot_losses(run.metrics.rows(), run.out.loss_plot)
         write_json_atomic(run.out.summary, result.to_dict())
         shutil.rmtree(run.out.checkpoints, ignore_errors=True)  # the adapter is final; checkpoints only served resume
+        shutil.rmtree(run.out.best, ignore_errors=True)  # and the best weights are in it
     run.dist.barrier()
     return result
+
+
+def _adapter_weights(run: Run) -> dict:
+    """save_pretrained's state_dict: the best evaluation's weights (first process), else the model's own."""
+    step = run.state.get("best_step")
+    if step is not None:
+        if step == 0:
+            run.report.warn(f"no evaluation after step 0 beat the untrained model's (by {run.config.select_by}): the adapter "
+                            "holds the LoRA weights of step 0, which change nothing; try another learning rate or more steps")
+        run.report.info(f"adapter: the weights of step {step}, the best {run.config.select_by} ({run.state['best_score']:.4f})")
+        return {"state_dict": best.load(run.out, step)} if run.dist.main else {}
+    if run.sharded:  # a collective under FSDP: every process takes part
+        from qdtool.core import sharding
+
+        return {"state_dict": sharding.full_lora_weights(run.model)}
+    return {}
 
 
 def _result(run: Run) -> TrainResult:
@@ -41,6 +55,11 @@ def _result(run: Run) -> TrainResult:
         best_eval_loss=state["best_eval_loss"],
         final_eval_loss=state.get("final_eval_loss"),
         final_train_loss=state.get("final_train_loss"),
+        selected_by=run.config.select_by,
+        selected_step=state.get("best_step"),
+        selected_score=state.get("best_score"),
+        best_eval_sari=state.get("best_eval_sari"),
+        final_eval_sari=state.get("final_eval_sari"),
         peak_memory_gb=peak_memory_gb(run.hardware.device),
         resumed_from=str(run.start_from) if run.start_from else None,
         device=run.hardware.device,

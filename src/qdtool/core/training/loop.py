@@ -8,6 +8,7 @@ from typing import Any
 
 from qdtool.core.events import Checkpoint, Eval, Start, Step
 from qdtool.core.files import WriteError
+from qdtool.core.training import best, decode
 from qdtool.core.training import step as one_step  # looked up at each step, so tests and benchmarks can wrap it
 from qdtool.core.training.signals import StopFlag, interrupted
 from qdtool.core.training.state import Run, peak_memory_gb
@@ -61,20 +62,30 @@ def _after_step(run: Run, done: int, stop: StopFlag) -> None:
 
 
 def evaluate(run: Run, step: int) -> float:
-    """The eval loss (token mean over all processes) after `step` steps; recorded, tracked and reported."""
+    """The eval loss (token mean over all processes) and eval SARI after `step` steps; recorded, tracked and
+    reported, and the weights kept if they are the best so far (core/training/best.py)."""
     total, count = _eval_sums(run, step)
     value = total / max(count, 1)
-    state = run.state
-    if state["first_eval_loss"] is None:
-        state["first_eval_loss"] = value
-    if state["best_eval_loss"] is None or value < state["best_eval_loss"]:
-        state["best_eval_loss"] = value
-    state["final_eval_loss"] = value
-    row = {"step": step, "eval_loss": value}
+    sari = decode.eval_sari(run, step)
+    _remember(run.state, value, sari)
+    row = {"step": step, "eval_loss": value, **({"eval_sari": sari} if sari is not None else {})}
     run.metrics.write(row)
     run.tracker.log(row, step)
-    run.report(Eval(step, value))
+    best.consider(run, step, value, sari)
+    run.report(Eval(step, value, sari))
     return value
+
+
+def _remember(state: dict[str, Any], loss: float, sari: float | None) -> None:
+    if state["first_eval_loss"] is None:
+        state["first_eval_loss"] = loss
+    if state["best_eval_loss"] is None or loss < state["best_eval_loss"]:
+        state["best_eval_loss"] = loss
+    state["final_eval_loss"] = loss
+    if sari is not None:
+        state["final_eval_sari"] = sari
+        if state.get("best_eval_sari") is None or sari > state["best_eval_sari"]:
+            state["best_eval_sari"] = sari
 
 
 def _eval_sums(run: Run, step: int) -> tuple[float, float]:
@@ -108,6 +119,7 @@ def _checkpoint(run: Run, done: int) -> None:
                         optimizer_state=sharding.full_optimizer_state(run.loss_module, run.optimizer))
     if run.dist.main:
         path = _save_checkpoint(run, done, gathered)
+        best.prune(run.out, run.state.get("best_step"))  # the rotation may have dropped the last checkpoint naming an older best
         run.report(Checkpoint(done, str(path)))
     run.dist.barrier()
 

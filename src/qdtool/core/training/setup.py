@@ -36,7 +36,9 @@ def setup(config: TrainConfig, resume: str, overwrite: bool, on_event: OnEvent |
     built = build_model(config, hardware, dist, start_from, out, report)
     run = _assemble(config, hardware, dist, out, report, samples, built, start_from, data_files)
     run.state = {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0,
-                 "processes": dist.world, "sharded": built.sharded, "data": data}
+                 "processes": dist.world, "sharded": built.sharded, "data": data, "best_step": None, "best_score": None,
+                 "best_eval_sari": None}
+    _decoding(run, samples.eval_records, inputs)
     if start_from is not None:
         _resume(run, start_from)
     _open_outputs(run)
@@ -100,6 +102,7 @@ class _Samples:
     plan: Any
     eval_batches: list[Any]
     total_steps: int
+    eval_records: list[Any]
 
 
 def _samples(config: TrainConfig, inputs: _Inputs, hardware: Any, dist: Dist, report: Reporter) -> _Samples:
@@ -125,7 +128,8 @@ def _samples(config: TrainConfig, inputs: _Inputs, hardware: Any, dist: Dist, re
     plan = batching.BatchPlan(train_set.samples, config.seed, config.packing, config.batch_tokens, config.batch_size,
                               pad_id, config.grad_accum * dist.world)
     eval_batches = batching.make_batches(eval_set.samples, config.packing, config.batch_tokens, config.batch_size, pad_id)
-    return _Samples(tokenizer, train_set, eval_set, plan, eval_batches, config.max_steps or plan.total_steps(config.epochs))
+    return _Samples(tokenizer, train_set, eval_set, plan, eval_batches, config.max_steps or plan.total_steps(config.epochs),
+                    eval_records)
 
 
 def _assemble(config: TrainConfig, hardware: Any, dist: Dist, out: RunDir, report: Reporter, samples: _Samples, built: Built,
@@ -145,6 +149,7 @@ def _assemble(config: TrainConfig, hardware: Any, dist: Dist, out: RunDir, repor
 def _resume(run: Run, start_from: Path) -> None:
     """Weights, optimizer, schedule and RNG states from `start_from`; newer checkpoints are dropped."""
     from qdtool.core import checkpoint
+    from qdtool.core.training import best
 
     load_optimizer = None
     if run.sharded:
@@ -154,9 +159,26 @@ def _resume(run: Run, start_from: Path) -> None:
     run.state = checkpoint.load_checkpoint(start_from, None if run.sharded else run.model, run.optimizer, run.scheduler, run.scaler,
                                            load_optimizer=load_optimizer, rank=run.dist.rank, world=run.dist.world)
     run.start_step = run.state["step"]
+    best.check_kept(run.out, run.state.get("best_step"))
     if run.dist.main:
         checkpoint.drop_after(run.out.checkpoints, run.start_step)  # an older resume point abandons newer checkpoints
+        best.prune(run.out, run.state.get("best_step"))  # and the best weights of their future
     run.report.info(f"resuming from {start_from} (step {run.start_step})")
+
+
+def _decoding(run: Run, eval_records: list[Any], inputs: _Inputs) -> None:
+    """The eval records decoded at each evaluation (none under FSDP), and the step cap of their decoding."""
+    from qdtool.core.training import decode
+
+    run.longest_trained = max((len(r.sub_questions) for rows in inputs.per_file for r in rows), default=None)
+    if run.sharded:  # generate() runs outside the FSDP root, which gathers the embeddings and the head
+        if run.config.eval_decode_records:
+            run.report.warn("eval SARI is not computed under sharding fsdp (no process holds the whole model to decode with); "
+                            "the adapter is selected by eval_loss")
+        return
+    run.decode_rows = decode.choose_rows(eval_records, run.config, run.tokenizer, run.model, run.report.warn)
+    if run.decode_rows:
+        run.report.info(f"eval SARI: {len(run.decode_rows)} of {len(eval_records)} eval records decoded at each evaluation")
 
 
 class _NoMetrics:

@@ -30,6 +30,11 @@ class TrainResult:
     best_eval_loss: float | None = None
     final_eval_loss: float | None = None
     final_train_loss: float | None = None
+    selected_by: str = "eval_loss"  # the measure that picked the adapter's step (select_by)
+    selected_step: int | None = None  # the step whose weights the adapter holds
+    selected_score: float | None = None  # its eval_loss or eval SARI
+    best_eval_sari: float | None = None  # of the decoded eval subset; None when nothing was decoded
+    final_eval_sari: float | None = None
     peak_memory_gb: float = 0.0
     resumed_from: str | None = None
     device: str = ""
@@ -92,6 +97,8 @@ class Run:
     start_step: int = 0
     metrics: Any = None  # tracking.MetricsFile, or a sink that writes nothing outside the first process
     tracker: Any = None  # tracking.Tracker
+    decode_rows: list[dict[str, Any]] = field(default_factory=list)  # the eval records decoded at each evaluation
+    longest_trained: int | None = None  # steps of the longest training decomposition: the decoding's step cap
 
 
 def peak_memory_gb(device: str) -> float:
