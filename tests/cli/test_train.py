@@ -33,6 +33,10 @@ def test_train_a_tiny_model(tiny_model_dir, tmp_path):
     ], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "training summary" in result.output and str(out / "adapter") in result.output
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert (f"weights of step {summary['selected_step']}, the best by eval_loss ({summary['selected_score']:.4f})"
+            in " ".join(result.output.split()))
+    assert f"eval SARI {summary['final_eval_sari']:.4f} at end (best {summary['best_eval_sari']:.4f})" in " ".join(result.output.split())
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -44,6 +48,16 @@ def test_bad_settings_fail_before_loading_anything(tmp_path):
     assert result.exit_code == 1
     assert "lr: Input should be greater than 0" in result.output
     assert "overlong: Input should be 'drop', 'truncate' or 'error'" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_select_by_sari_needs_decoded_records_and_a_whole_model(tmp_path):
+    result = runner.invoke(app, ["train", "--select-by", "sari", "--eval-decode-records", "0", "--sharding", "fsdp",
+                                 "--output-dir", str(tmp_path / "x")], env={"COLUMNS": "250"})
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "select_by sari needs decoded eval records: set eval_decode_records above 0, or select_by eval_loss" in text
+    assert "select_by sari decodes with the whole model, which no process holds under sharding fsdp; use select_by eval_loss" in text
     assert not (tmp_path / "x").exists()
 
 
@@ -137,7 +151,7 @@ def test_the_progress_renderer_handles_every_event_type(monkeypatch):
             events.Start(10, 2, 32, 8, 1234, "runs/tiny", "CPU", "fp32"),
             events.Step(step=3, loss=2.5, supervised_tokens_per_s=1000.0, **step), events.Eval(3, 2.125),
             events.Step(step=4, loss=2.375, supervised_tokens_per_s=1100.0, **step),
-            events.Checkpoint(4, "runs/tiny/checkpoints/step-0000004")]
+            events.Checkpoint(4, "runs/tiny/checkpoints/step-0000004"), events.Eval(4, 2.0, 0.4375)]
     assert {type(e) for e in feed} == set(typing.get_args(events.Event))  # a new event type needs a line here
     with cli_train._Progress() as progress:
         for event in feed:
@@ -150,3 +164,4 @@ def test_the_progress_renderer_handles_every_event_type(monkeypatch):
     assert "step 4/10 · loss 2.375 · eval 2.125 · 1,100 sup tok/s · peak 1.5 GiB" in text
     assert "checkpoint: runs/tiny/checkpoints/step-0000004" in text
     assert progress.bar.tasks[0].completed == 4
+    assert progress.bar.tasks[0].fields["info"] == "loss 2.375 · eval 2.000 · sari 0.438 · 1,100 sup tok/s · peak 1.5 GiB"

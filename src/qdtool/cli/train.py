@@ -138,6 +138,7 @@ class _Progress:
         )
         self.task = None
         self.eval_loss: float | None = None
+        self.eval_sari: float | None = None
         self.last: events.Step | None = None
         return self
 
@@ -163,7 +164,7 @@ class _Progress:
         self.task = self.bar.add_task("train", total=event.total_steps, completed=event.start_step, info="")
 
     def _eval(self, event: events.Eval) -> None:
-        self.eval_loss = event.eval_loss
+        self.eval_loss, self.eval_sari = event.eval_loss, event.eval_sari
         if self.task is not None:
             self.bar.update(self.task, info=self._status())
 
@@ -180,13 +181,13 @@ class _Progress:
         self.bar.console.print(f"checkpoint: {event.path}", style="dim", markup=False)
 
     def _status(self) -> str:
-        """The bar's text: the last step's loss, speed and memory, and the last eval loss."""
+        """The bar's text: the last step's loss, speed and memory, and the last eval loss and SARI."""
         parts = []
         if self.last is not None:
             parts += [f"loss {self.last.loss:.3f}", f"{self.last.supervised_tokens_per_s:,.0f} sup tok/s",
                       f"peak {self.last.peak_memory_gb:.1f} GiB"]
         if self.eval_loss is not None:
-            parts.insert(1, f"eval {self.eval_loss:.3f}")
+            parts[1:1] = [f"eval {self.eval_loss:.3f}"] + ([f"sari {self.eval_sari:.3f}"] if self.eval_sari is not None else [])
         return " · ".join(parts)
 
     def __exit__(self, *exc: Any) -> None:
@@ -207,6 +208,10 @@ def _summary(result: Any) -> None:
     table.add_row("supervised tokens", f"{result.supervised_tokens:,} ({result.supervised_tokens_per_s:,.1f} per s)")
     table.add_row("eval loss", f"{fmt(result.first_eval_loss)} at start → {fmt(result.final_eval_loss)} at end "
                   f"(best {fmt(result.best_eval_loss)})")
+    if result.best_eval_sari is not None:
+        table.add_row("eval SARI", f"{fmt(result.final_eval_sari)} at end (best {fmt(result.best_eval_sari)})")
+    if result.selected_step is not None:
+        table.add_row("weights", f"of step {result.selected_step:,}, the best by {result.selected_by} ({fmt(result.selected_score)})")
     table.add_row("peak memory", f"{result.peak_memory_gb:.2f} GiB ({'GPU reserved' if result.device == 'cuda' else 'process RSS'})")
     table.add_row("adapter", result.adapter_dir)
     table.add_row("curves", f"{result.output_dir}/metrics.jsonl, {result.output_dir}/loss.png")
