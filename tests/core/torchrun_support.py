@@ -25,7 +25,7 @@ def train_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
     # fixture tokenizer, trained on examples/data: when that data changes, check the steps still vary.
     return ["train", "--model", str(model_dir), "--data", str(EXAMPLES / "sample_train.json"), "--output-dir", str(out),
             "--batch-tokens", "380", "--max-seq-len", "256", "--report-to", "none", "--eval-split", "0.2", "--epochs", "2",
-            "--lr", "1e-3", "--precision", "fp32", "--lora-dropout", "0", *extra]
+            "--lr", "1e-3", "--precision", "fp32", "--lora-dropout", "0", "--grad-accum", "1", *extra]
 
 
 def torchrun(script: list[str], env: dict[str, str], **kwargs):

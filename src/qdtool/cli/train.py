@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -44,7 +45,7 @@ def _field_option(name: str, info: Any) -> inspect.Parameter:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if annotation is bool:
         decls, kind = [f"{flag}/--no-{flag[2:]}"], Optional[bool]
-    elif annotation in (int, float) or (origin is typing.Union and args and args[0] in (int, float)):
+    elif annotation in (int, float) or (origin in (typing.Union, types.UnionType) and args and args[0] in (int, float)):
         decls, kind = [flag], Optional[args[0] if args else annotation]
     else:
         decls, kind = [flag], Optional[str]
