@@ -94,3 +94,11 @@ def test_calibration_points_from_bench_md(spec, measured):
     shape = Shape.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
     predicted = estimate(shape, batch_tokens=2048, answer_only_logits=False).peak_reserved_gib
     assert -0.05 <= predicted / measured - 1 <= 0.10
+
+
+@pytest.mark.parametrize(("batch_tokens", "measured"), [(1024, 2.685), (2048, 3.96)])
+def test_cpu_calibration_points_from_docs_benchmarks(batch_tokens, measured):
+    """Peak RSS of training the embedded model on this project's CPU (bf16, LoRA r16 all-linear,
+    docs/benchmarks.md "Training memory"): within 10%, as probe-gpu reports it on a CPU."""
+    predicted = estimate(model_shape("embedded"), batch_tokens=batch_tokens, precision="bf16", device="cpu").total_gib
+    assert abs(predicted / measured - 1) <= 0.10
