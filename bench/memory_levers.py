@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument("--row-multiple", type=int, default=None, help="pad packed rows to this multiple [batching.ROW_MULTIPLE]")
+    parser.add_argument("--chunk-rows", type=int, default=None, help="LM head rows per chunk [loss.chunk_rows: 32 for Gemma]")
     parser.add_argument("--dynamic-mmap", action="store_true", help="leave glibc's mmap threshold dynamic (its default)")
     parser.add_argument("--same-batch", action="store_true", help="repeat the first step's micro-batches (one set of shapes)")
     args = parser.parse_args()
@@ -51,6 +52,10 @@ def main() -> None:
     from qdtool.core.loss import answer_loss_sum
     from qdtool.core.training.optim import build_optimizer
 
+    if args.chunk_rows:
+        import qdtool.core.loss as loss_module
+
+        loss_module.CHUNK_BYTES = args.chunk_rows * 4 * 262_144  # rows of Gemma's vocabulary
     config = TrainConfig(batch_tokens=args.batch_tokens, grad_accum=args.grad_accum, lora_dropout=args.lora_dropout)
     device = hardware.select_device(config)
     tokenizer = modeling.load_tokenizer("embedded")
