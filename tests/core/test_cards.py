@@ -48,7 +48,8 @@ def test_a_damaged_adapter_config_is_named(tmp_path):
 def test_the_card_of_a_hub_model_names_it_as_base_model(tmp_path):
     config = TrainConfig(model="Qwen/Qwen2.5-0.5B-Instruct", max_steps=40)
     result = SimpleNamespace(train_records=90, eval_records=5, dropped=1, truncated=0, steps=40, first_eval_loss=2.0,
-                             final_eval_loss=1.0, best_eval_loss=None, precision="bf16", device="cuda")
+                             final_eval_loss=1.0, best_eval_loss=None, precision="bf16", device="cuda", best_eval_sari=None,
+                             final_eval_sari=None, selected_step=None, selected_by="eval_loss", selected_score=None)
     card = adapter_card(tmp_path / "run", config, result, [DataFile("train", Path("train.jsonl"), 95, "c" * 64)])
     assert card.startswith("---\nlibrary_name: peft\nbase_model: Qwen/Qwen2.5-0.5B-Instruct\n")
     assert "| training data | `train.jsonl` (bundled with qdtool): 95 records (sha256 cccccccccccc) |" in card

@@ -34,7 +34,8 @@ def test_a_run_reports_typed_events_that_match_its_metrics(tiny_model_dir, tmp_p
     result = train(config, on_event=seen.append)
     kinds = [type(e).__name__ for e in seen]
     assert kinds[0] == "Info" and "Warn" not in kinds
-    assert kinds[kinds.index("Start"):] == ["Start", "Eval", "Step", "Step", "Eval", "Checkpoint", "Step", "Step", "Eval"]
+    assert kinds[kinds.index("Start"):] == ["Start", "Eval", "Step", "Step", "Eval", "Checkpoint", "Step", "Step", "Eval", "Info"]
+    assert seen[-1].message.startswith("adapter: the weights of step ")  # which evaluation's weights were written
     start = next(e for e in seen if isinstance(e, events.Start))
     assert (start.total_steps, start.start_step, start.output_dir) == (4, 0, str(out))
     assert start.train_samples == result.train_records and start.trainable_params == result.trainable_params
