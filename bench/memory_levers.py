@@ -1,7 +1,7 @@
 """One lever at a time: what each memory setting does to a CPU training step's resident memory.
 
     python bench/memory_levers.py --steps 5                               # today's defaults
-    python bench/memory_levers.py --steps 5 --dynamic-mmap                 # glibc's default threshold
+    python bench/memory_levers.py --steps 5 --fixed-mmap                   # glibc's mmap threshold fixed at 1 MiB
     python bench/memory_levers.py --steps 5 --batch-tokens 2048 --grad-accum 1
     python bench/memory_levers.py --steps 8 --same-batch                   # one row shape, repeated
     python bench/memory_levers.py --steps 8 --row-multiple 1               # free row lengths
@@ -15,10 +15,23 @@ it started from and the RSS it left behind. A flat "after" column is a flat run.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def fix_mmap_threshold(threshold: int = 1 << 20) -> None:
+    """Fix glibc's mmap threshold, which also turns its dynamic raising off: every freed block over
+    `threshold` goes back to the system at once (flat RSS), and every new one is faulted in again
+    (slow: 19.5 s a step vs 11.5 s on the embedded model, docs/benchmarks.md)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if not libc.mallopt(M_MMAP_THRESHOLD, threshold):
+        raise SystemExit("mallopt(M_MMAP_THRESHOLD) failed: not glibc?")
 
 
 def _kib(field: str) -> float:
@@ -36,13 +49,11 @@ def main() -> None:
     parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument("--row-multiple", type=int, default=None, help="pad packed rows to this multiple [batching.ROW_MULTIPLE]")
     parser.add_argument("--chunk-rows", type=int, default=None, help="LM head rows per chunk [loss.chunk_rows: 32 for Gemma]")
-    parser.add_argument("--dynamic-mmap", action="store_true", help="leave glibc's mmap threshold dynamic (its default)")
+    parser.add_argument("--fixed-mmap", action="store_true", help="fix glibc's mmap threshold at 1 MiB (default: glibc's dynamic one)")
     parser.add_argument("--same-batch", action="store_true", help="repeat the first step's micro-batches (one set of shapes)")
     args = parser.parse_args()
 
-    from qdtool.core.allocator import fix_mmap_threshold
-
-    if not args.dynamic_mmap:
+    if args.fixed_mmap:
         fix_mmap_threshold()
     import torch
 
@@ -61,7 +72,7 @@ def main() -> None:
     tokenizer = modeling.load_tokenizer("embedded")
     model = lora.add_lora(modeling.load_base_model(config, device), config)
     print(f"after load: {_kib('VmRSS'):.2f} GiB ({device.precision}, batch_tokens {args.batch_tokens} x {args.grad_accum}, "
-          f"lora_dropout {args.lora_dropout}, mmap threshold {'dynamic' if args.dynamic_mmap else 'fixed'})")
+          f"lora_dropout {args.lora_dropout}, mmap threshold {'fixed' if args.fixed_mmap else 'dynamic'})")
     records = read_dataset(REPO / "examples" / "data" / "strategyqa_train.jsonl")
     samples = batching.encode_records(records, tokenizer, config.max_seq_len, "drop", prompt=config.prompt_options()).samples
     if args.row_multiple is not None:

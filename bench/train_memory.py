@@ -70,7 +70,7 @@ def profile(src: Path, max_steps: int, extra: list[str]) -> dict:
     steps = _steps(out / "metrics.jsonl")
     summary = json.loads((out / "run_summary.json").read_text())
     return {
-        "src": str(src), "max_steps": max_steps, "extra": extra, "wall_s": round(time.perf_counter() - started, 1),
+        "src": str(src), "run": str(out), "max_steps": max_steps, "extra": extra, "wall_s": round(time.perf_counter() - started, 1),
         "peak_rss_kib": {k: v for k, v in phases.items()}, "vm_hwm_kib": hwm,
         "step_peak_gib": [r.get("peak_memory_gb") for r in steps],
         "supervised_tokens_per_s": round(summary["supervised_tokens_per_s"], 2),

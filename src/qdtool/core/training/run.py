@@ -5,7 +5,6 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from qdtool.config import TrainConfig
-from qdtool.core.allocator import fix_mmap_threshold
 from qdtool.core.events import OnEvent
 from qdtool.core.training.finish import finish
 from qdtool.core.training.loop import run_loop
@@ -26,7 +25,6 @@ def train(config: TrainConfig, *, resume: str = "auto", overwrite: bool = False,
         TrainingError: NaN/inf loss or out of memory, with the step and likely causes.
         TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved first.
     """
-    fix_mmap_threshold()  # freed activations go back to the system: resident memory stays flat (core/allocator.py)
     with ExitStack() as held:  # the run directory's lock, released however the run ends
         run = setup(config, resume, overwrite, on_event, held)
         if isinstance(run, TrainResult):  # already complete: nothing to do
