@@ -1,0 +1,162 @@
+"""The recipe search: train each candidate recipe, score it on val, compare it with the default.
+
+    python bench/recipe_search.py --list                                   # the candidates and their flags
+    python bench/recipe_search.py --candidates default,epochs2,lr4e-4      # train + eval those (default always runs)
+    python bench/recipe_search.py --candidates all --out runs/recipe_search
+    python bench/recipe_search.py --candidates default --max-steps 4 --limit 16   # a smoke run of the machinery
+
+Each candidate is `qdtool train` with no arguments plus its own flags (the embedded model, the bundled
+StrategyQA train split), trained in a child process into OUT/NAME, then decoded and scored on
+--data (val: the only set we tune on) with `qdtool eval --model OUT/NAME --output OUT/NAME/eval`
+(greedy, `eval`'s defaults), then compared with the default's predictions by `qdtool eval --compare`
+(paired bootstrap over the same questions), so noise is not mistaken for progress. Training is
+resumable: rerunning the same command skips finished runs and evaluations and continues a killed one.
+
+Writes OUT/summary.jsonl (one row per candidate: flags, steps, wall time, peak RSS, eval loss, the
+selected step, SARI and its difference from the default with a 95% interval) and OUT/table.md.
+Run it alone: two torch processes on two cores make each other's wall times noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = "default"
+
+# name -> the `qdtool train` flags that differ from the defaults (configs/default.yaml).
+CANDIDATES: dict[str, list[str]] = {
+    BASELINE: [],
+    "epochs2": ["--epochs", "2"],
+    "epochs3": ["--epochs", "3"],
+    "epochs4": ["--epochs", "4"],
+    "lr1e-4": ["--lr", "1e-4"],
+    "lr4e-4": ["--lr", "4e-4"],
+    "r8": ["--lora-r", "8", "--lora-alpha", "16"],
+    "r32": ["--lora-r", "32", "--lora-alpha", "64"],
+    "r64": ["--lora-r", "64", "--lora-alpha", "128"],
+    "dropout0": ["--lora-dropout", "0"],
+    "dropout0.1": ["--lora-dropout", "0.1"],
+    "full": ["--method", "full", "--lr", "5e-5"],
+    "rows512": ["--batch-tokens", "512", "--grad-accum", "4"],
+    "rows2048": ["--batch-tokens", "2048", "--grad-accum", "1"],
+    "neftune5": ["--neftune-alpha", "5"],
+    "plain": ["--template", "plain"],
+    "chat": ["--template", "chat"],
+    "select-sari": ["--select-by", "sari"],
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", default=BASELINE, help="comma-separated names, or 'all' (the default always runs)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "recipe_search", help="one run directory per candidate")
+    parser.add_argument("--data", default=str(REPO / "examples" / "data" / "strategyqa_val.jsonl"), help="val references")
+    parser.add_argument("--limit", type=int, default=None, help="score the first N references only (smoke runs)")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap every run's steps (smoke runs; not a recipe)")
+    parser.add_argument("--list", action="store_true", help="print the candidates and exit")
+    args = parser.parse_args()
+    names = list(CANDIDATES) if args.candidates == "all" else [n for n in args.candidates.split(",") if n]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
+    args.names = [BASELINE] + [n for n in names if n != BASELINE]
+    return args
+
+
+def _qdtool(*arguments: str, capture: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "qdtool", *arguments], env=env, check=True, text=True,
+                          stdout=subprocess.PIPE if capture else None)
+
+
+def train(name: str, run: Path, args: argparse.Namespace) -> dict:
+    """Train (or finish, or skip) one candidate; its run_summary.json plus the wall time of this call."""
+    steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    timing = run / "search_timing.json"  # the training's wall time, kept for reruns that find the run complete
+    finished_before, resumed = (run / "run_summary.json").is_file(), (run / "checkpoints").is_dir()
+    started = time.perf_counter()
+    _qdtool("train", "--output-dir", str(run), "--report-to", "none", *CANDIDATES[name], *steps)
+    if not finished_before:  # after a kill, this is the resumed part's time only: the table says so
+        timing.write_text(json.dumps({"train_wall_s": round(time.perf_counter() - started, 1), "resumed": resumed}), encoding="utf-8")
+    elif not timing.is_file():
+        raise SystemExit(f"{run} was trained outside the search (no {timing.name}): write its wall time there or remove the run")
+    summary = json.loads((run / "run_summary.json").read_text(encoding="utf-8"))
+    return {**summary, **json.loads(timing.read_text(encoding="utf-8"))}
+
+
+def evaluate(run: Path, args: argparse.Namespace) -> dict:
+    """`qdtool eval` of the run on val (skipped when its report is there); the report and the decoding time."""
+    out = run / "eval"
+    report = out / "report.json"
+    if not report.is_file():
+        started = time.perf_counter()
+        limit = ["--limit", str(args.limit)] if args.limit else []
+        _qdtool("eval", "--data", args.data, "--model", str(run), "--output", str(out), *limit)
+        (out / "eval_wall_s").write_text(f"{time.perf_counter() - started:.1f}\n", encoding="utf-8")
+    return {**json.loads(report.read_text(encoding="utf-8")), "eval_wall_s": float((out / "eval_wall_s").read_text())}
+
+
+def compare(baseline: Path, run: Path, args: argparse.Namespace) -> dict:
+    """SARI(run) - SARI(baseline) on the same questions, with its paired bootstrap 95% interval."""
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    printed = _qdtool("eval", "--data", args.data, *limit, "--json", "--compare",
+                      str(baseline / "eval" / "predictions.jsonl"), str(run / "eval" / "predictions.jsonl"), capture=True).stdout
+    difference = json.loads(printed)["sari_difference_vs_first"][1]
+    return {"sari_vs_default": difference["mean"], "sari_vs_default_ci95": difference["ci95"]} if difference else {}
+
+
+def row(name: str, summary: dict, report: dict) -> dict:
+    metrics = report["metrics"]
+    return {
+        "candidate": name, "flags": " ".join(CANDIDATES[name]) or "(none)", "steps": summary["total_steps"],
+        "train_wall_s": summary["train_wall_s"], "resumed": summary.get("resumed", False),
+        "peak_rss_gib": round(summary["peak_memory_gb"], 2),
+        "best_eval_loss": summary["best_eval_loss"], "selected_by": summary["selected_by"], "selected_step": summary["selected_step"],
+        "sari": metrics["sari"], "step_count_accuracy": metrics["step_count_accuracy"],
+        "mean_predicted_steps": metrics["mean_predicted_steps"], "mean_gold_steps": metrics["mean_gold_steps"],
+        "eval_wall_s": report["eval_wall_s"],
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| candidate | flags | steps | train wall | peak RSS | best eval loss | adapter step | SARI | SARI − default (95% CI) "
+             "| steps predicted / gold | eval wall |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        low, high = r.get("sari_vs_default_ci95") or (0.0, 0.0)
+        delta = "—" if r["candidate"] == BASELINE else f"{r['sari_vs_default']:+.4f} ({low:+.4f} to {high:+.4f})"
+        wall = f"{r['train_wall_s'] / 60:.1f} min" + (" (resumed part)" if r["resumed"] else "")
+        lines.append(f"| {r['candidate']} | `{r['flags']}` | {r['steps']} | {wall} | {r['peak_rss_gib']:.2f} GiB "
+                     f"| {r['best_eval_loss']:.3f} | {r['selected_step']} ({r['selected_by']}) | {r['sari']:.4f} | {delta} "
+                     f"| {r['mean_predicted_steps']:.2f} / {r['mean_gold_steps']:.2f} | {r['eval_wall_s'] / 60:.1f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.list:
+        for name, flags in CANDIDATES.items():
+            print(f"{name:12} {' '.join(flags) or '(the defaults)'}")
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.names:
+        run = args.out / name
+        print(f"== {name}: qdtool train {' '.join(CANDIDATES[name])}", flush=True)
+        summary, report = train(name, run, args), evaluate(run, args)
+        rows.append({**row(name, summary, report), **({} if name == BASELINE else compare(args.out / BASELINE, run, args))})
+        (args.out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        (args.out / "table.md").write_text(f"val: {args.data}{f' (first {args.limit})' if args.limit else ''}\n\n{table(rows)}",
+                                           encoding="utf-8")
+        print(table(rows[-1:]), flush=True)
+    print(f"\n{table(rows)}\nwrote {args.out}/summary.jsonl and table.md")
+
+
+if __name__ == "__main__":
+    main()
