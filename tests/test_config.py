@@ -64,3 +64,19 @@ def test_yaml_errors(tmp_path):
 
 def test_every_field_has_help():
     assert [name for name, info in TrainConfig.model_fields.items() if not info.description] == []
+
+
+def test_method_full_refuses_quantization_and_fsdp_reported_with_the_others():
+    with pytest.raises(ConfigError) as info:
+        load_train_config(None, {"method": "full", "quantization": "4bit", "sharding": "fsdp", "batch_tokens": 100})
+    text = str(info.value)
+    assert "batch_tokens (100) must be at least max_seq_len (512) when packing" in text
+    assert "method full trains the weights themselves, in fp32; quantization 4bit is not supported with it" in text
+    assert "method full trains unsharded: use sharding none" in text
+    with pytest.raises(ConfigError, match="train_embeddings applies to method full only"):
+        load_train_config(None, {"train_embeddings": True})
+    config = load_train_config(None, {"method": "full", "train_embeddings": True, "neftune_alpha": 5})
+    assert (config.method, config.train_embeddings, config.neftune_alpha) == ("full", True, 5.0)
+    assert (TrainConfig().method, TrainConfig().train_embeddings, TrainConfig().neftune_alpha) == ("lora", False, 0.0)
+    with pytest.raises(ConfigError, match="neftune_alpha: Input should be greater than or equal to 0"):
+        load_train_config(None, {"neftune_alpha": -1})

@@ -49,6 +49,13 @@ class TrainConfig(BaseModel):
     eval_max_records: int = Field(200, ge=1, description="At most this many held-out records.")
     output_dir: Path | None = Field(None, description="Run directory; default runs/<model>-<data>.")
     trust_remote_code: bool = Field(False, description="Run the model repo's own code (off unless you trust it).")
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: train low-rank adapters on the frozen base; full: train the model's own weights (fp32 master "
+        "weights + grads + 2 AdamW states, 16 bytes a weight: for small models such as the embedded 270M).")
+    train_embeddings: bool = Field(
+        False, description="With method full, train the input embedding too (in Gemma also the LM head; an untied head trains either "
+        "way). Off by default: Gemma 3 270M's 262k x 640 embedding is 168M of its 268M weights, its grad + AdamW states would add "
+        "1.9 GiB, and a few thousand examples would move every vocabulary row through the head's dense gradient.")
 
     # prompt
     template: Literal["auto", "plain", "chat"] = Field(
@@ -91,6 +98,9 @@ class TrainConfig(BaseModel):
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
+    neftune_alpha: float = Field(
+        0.0, ge=0, description="NEFTune: uniform noise on the input embeddings in training steps, scaled by alpha / sqrt(length x "
+        "hidden) with each sample's own length (never in evaluation or decoding); 0: off, 5 is the paper's usual value.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs (--max-steps 0: use epochs).")
     seed: int = Field(42, description="Seed for data order, split, LoRA init and dropout.")
@@ -134,9 +144,21 @@ class TrainConfig(BaseModel):
         if self.select_by == "sari" and self.sharding == "fsdp":
             problems.append("select_by sari decodes with the whole model, which no process holds under sharding fsdp; "
                             "use select_by eval_loss")
+        problems += self._method_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _method_problems(self) -> list[str]:
+        if self.method == "lora":
+            return ["train_embeddings applies to method full only (LoRA keeps every base weight frozen)"] if self.train_embeddings else []
+        problems = []
+        if self.quantization != "none":
+            problems.append(f"method full trains the weights themselves, in fp32; quantization {self.quantization} is not supported with "
+                            "it (use quantization none, or method lora for QLoRA)")
+        if self.sharding == "fsdp":
+            problems.append("method full trains unsharded: use sharding none (several processes under torchrun still train as DDP)")
+        return problems
 
     def prompt_options(self) -> PromptOptions:
         """The prompt settings, as `render_prompt` / `encode_prompt` / `encode_sample` take them (train = decompose = eval)."""

@@ -262,3 +262,42 @@ def test_a_trainer_state_that_is_not_json_is_refused_and_utf8_state_comes_back(t
     (path / "trainer_state.json").write_text('{"step": 2,')
     with pytest.raises(TrainingError, match=r"trainer_state.json is damaged or not a qdtool checkpoint file \(JSONDecodeError: "):
         resumable_state(path)
+
+
+def _full_objects(vocab: int, seed: int, train_embeddings: bool = False):
+    """A method-full model (no PEFT) with its optimizer and scheduler, one step in."""
+    from qdtool.core.lora import make_trainable
+
+    torch.manual_seed(seed)
+    model = make_trainable(build_tiny_model(vocab, seed=seed, tied=True), TrainConfig(method="full", train_embeddings=train_embeddings))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1 + s))
+    sum((p * p).sum() for p in model.parameters() if p.requires_grad).backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+@pytest.mark.parametrize("train_embeddings", [False, True])
+def test_a_full_fine_tuning_checkpoint_restores_every_trained_weight(tmp_path, tiny_tokenizer, train_embeddings):
+    from safetensors.torch import load_file
+
+    model, optimizer, scheduler = _full_objects(len(tiny_tokenizer), 0, train_embeddings)
+    path = save_checkpoint(tmp_path / "checkpoints", 3, model, optimizer, scheduler, {"method": "full"}, keep=2)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(load_file(str(path / "adapter.safetensors"))) == trained  # the weights that train, named as in state_dict()
+    assert ("model.embed_tokens.weight" in trained) is train_embeddings
+
+    other, other_opt, other_sched = _full_objects(len(tiny_tokenizer), 1, train_embeddings)
+    assert load_checkpoint(path, other, other_opt, other_sched) == {"method": "full", "step": 3}
+    for (name, a), b in zip(model.named_parameters(), other.parameters(), strict=True):
+        if a.requires_grad:
+            torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    assert other.lm_head.weight is other.model.embed_tokens.weight  # still tied
+    torch.testing.assert_close(other_opt.state_dict()["state"][5]["exp_avg_sq"], optimizer.state_dict()["state"][5]["exp_avg_sq"])
+
+    # a checkpoint of other trainable weights (written with the other train_embeddings) is refused, with what to do
+    mismatched, opt, sched = _full_objects(len(tiny_tokenizer), 2, not train_embeddings)
+    with pytest.raises(TrainingError, match=r"adapter.safetensors holds other weights than this run trains .*model.embed_tokens.weight"
+                                            r".*\(train_embeddings\?\)"):
+        load_checkpoint(path, mismatched, opt, sched)

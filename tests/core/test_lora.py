@@ -42,3 +42,22 @@ def test_checkpointing_gives_the_blocks_an_input_that_requires_grad(tiny_tokeniz
     model = add_lora(build_tiny_model(len(tiny_tokenizer)), TrainConfig(lora_r=4, gradient_checkpointing=checkpointing))
     embedded = model.get_input_embeddings()(torch.tensor([[5, 6, 7]]))
     assert embedded.requires_grad is checkpointing
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("train_embeddings", [False, True])
+def test_full_fine_tuning_trains_the_weights_themselves_but_the_embedding_unless_asked(tiny_tokenizer, tied, train_embeddings):
+    from qdtool.core.lora import make_trainable
+
+    base = build_tiny_model(len(tiny_tokenizer), tied=tied)
+    for p in base.parameters():
+        p.requires_grad_(False)  # whatever the base came with: method full decides
+    model = make_trainable(base, TrainConfig(method="full", train_embeddings=train_embeddings))
+    assert model is base and not hasattr(model, "peft_config")  # no PEFT wrapper
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == (set() if train_embeddings else {"model.embed_tokens.weight"})  # a tied head is that same tensor
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    embedding = len(tiny_tokenizer) * _HIDDEN
+    everything = sum(p.numel() for p in model.parameters())
+    assert trainable == everything - (0 if train_embeddings else embedding)
+    assert model.lm_head.weight.requires_grad is (train_embeddings or not tied)

@@ -84,3 +84,27 @@ def test_the_latest_run_is_the_last_written_with_an_adapter_or_a_merged_model(tm
     (merged.path / "config.json").write_text("{}")  # a merged model, which carries its run's run_config.yaml
     os.utime(merged.config, (4_000, 4_000))
     assert RunDir.latest(runs).path == merged.path
+
+
+def test_a_full_fine_tuning_run_holds_a_model_and_nothing_to_merge(tmp_path):
+    lora = _run(tmp_path / "lora", summary=True)
+    assert not lora.is_full_run() and lora.merge_refusal() is None
+    full = _run(tmp_path / "full", adapter=False)
+    full.config.write_text("model: embedded\nmethod: full\n")
+    assert full.is_full_run() and not full.has_model() and not full.has_trained()
+    assert full.merge_refusal() == (f"{full} is a full fine-tuning run (method full) without model/ yet: it may not have finished "
+                                    f"training. Resume it with `{full.resume_command}`; there is no adapter to merge")
+    full.model.mkdir()
+    (full.model / "config.json").write_text("{}")
+    assert full.has_model() and full.has_trained() and full.model == full.path / "model"
+    assert full.merge_refusal() == (f"{full} is a full fine-tuning run (method full): there is no adapter to merge, {full.model} is "
+                                    f"already a standalone model. Pass {full} to `qdtool decompose` / `qdtool eval` as it is, or "
+                                    f"copy {full.model} to share it")
+    os.utime(lora.config, (1_000, 1_000))
+    os.utime(full.config, (5_000, 5_000))
+    assert RunDir.latest(tmp_path).path == full.path  # decompose without --model finds it
+    os.utime(full.config, (500, 500))
+    assert RunDir.latest(tmp_path).path == lora.path
+    broken = _run(tmp_path / "broken", adapter=False)
+    broken.config.write_text("method: [full\n")
+    assert not broken.is_full_run()  # loading the config says what is wrong with it

@@ -84,7 +84,7 @@ def train(
         "--overwrite", help="Replace a run directory that holds a different run (or a finished one).")] = False,
     **fields: Any,
 ) -> None:
-    """Fine-tune a LoRA adapter that turns the model into a question decomposer."""
+    """Fine-tune a LoRA adapter (or, with --method full, the model itself) that turns the model into a question decomposer."""
     from qdtool.core.presets import plan_training
     from qdtool.core.training import train as run
 
@@ -214,8 +214,10 @@ def _summary(result: Any) -> None:
     if result.selected_step is not None:
         table.add_row("weights", f"of step {result.selected_step:,}, the best by {result.selected_by} ({fmt(result.selected_score)})")
     table.add_row("peak memory", f"{result.peak_memory_gb:.2f} GiB ({'GPU reserved' if result.device == 'cuda' else 'process RSS'})")
-    table.add_row("adapter", result.adapter_dir)
+    full = result.method == "full"
+    table.add_row("model" if full else "adapter", result.adapter_dir)
     table.add_row("curves", f"{result.output_dir}/metrics.jsonl, {result.output_dir}/loss.png")
     console.print(table)
     console.print(f"next: qdtool decompose --model {result.output_dir} \"your question\"", markup=False, soft_wrap=True)
-    console.print(f"      qdtool merge {result.output_dir}     (a standalone model)", markup=False, soft_wrap=True)
+    if not full:  # a full run's model/ is already standalone
+        console.print(f"      qdtool merge {result.output_dir}     (a standalone model)", markup=False, soft_wrap=True)

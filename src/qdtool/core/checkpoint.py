@@ -1,6 +1,7 @@
 """Checkpoints that survive a kill: written to a temp dir, then renamed; the newest K are kept.
 
-A checkpoint holds the LoRA weights, the optimizer, scheduler and scaler states, the RNG states,
+A checkpoint holds the trainable weights (the LoRA adapters, or under method full every weight that
+trains, as named in model.state_dict()), the optimizer, scheduler and scaler states, the RNG states,
 the step, and a fingerprint of the data it trained on. Restoring all of them makes a resumed run
 continue the same loss curve.
 
@@ -27,7 +28,7 @@ from qdtool.errors import TrainingError
 FORMAT = 2  # 1 was torch pickles (.pt): unpickling can run code, so those are refused
 _STATE = "trainer_state.json"  # written last inside the temp dir: marks a complete checkpoint
 _PREFIX = "step-"
-_ADAPTER = "adapter.safetensors"
+_ADAPTER = "adapter.safetensors"  # the trainable weights: LoRA adapters, or whole weights (method full)
 _PARTS = ("optimizer", "scheduler", "rng")  # scaler.safetensors too, under fp16
 _TREE = "qdtool_state"  # safetensors metadata key: the part's structure as JSON
 _TAGS = {"__tensor__", "__tuple__", "__dict__"}
@@ -70,11 +71,10 @@ def save_checkpoint(
     Raises:
         WriteError: the disk is full or read-only; the partial checkpoint is removed, older ones are kept.
     """
-    from peft import get_peft_model_state_dict
     from safetensors.torch import save
 
     if adapter_state is None:
-        adapter_state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        adapter_state = trainable_state(model)
     rng = rng_state()
     if rng_states is not None and len(rng_states) > 1:
         rng["ranks"] = rng_states
@@ -82,19 +82,48 @@ def save_checkpoint(
              "scheduler": scheduler.state_dict(), "rng": rng}
     if scaler is not None:
         parts["scaler"] = scaler.state_dict()
-    # serialized first, so a failed write can say how much space the checkpoint needs
-    files = {_ADAPTER: save(adapter_state)}
-    files.update({f"{name}.safetensors": _pack(value) for name, value in parts.items()})
-    files[_STATE] = dump_json({**state, "step": step, "format": FORMAT}).encode("utf-8")  # last: marks it complete
+    # Serialized one file at a time: a full fine-tuning run's weights and AdamW states are GBs, and
+    # holding every file's bytes at once would add them all to the peak memory.
+    files = {_ADAPTER: lambda: save(adapter_state)}
+    files.update({f"{name}.safetensors": (lambda value=value: _pack(value)) for name, value in parts.items()})
+    files[_STATE] = lambda: dump_json({**state, "step": step, "format": FORMAT}).encode("utf-8")  # last: marks it complete
 
     final = root / f"{_PREFIX}{step:07d}"
     remove_stale_temps(root)  # left by a killed or failed save of any step, not only this one
-    with atomic_dir(final, needed_bytes=sum(len(data) for data in files.values())) as tmp:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
+    needed = _tensor_bytes(adapter_state) + _tensor_bytes(parts) + 2**16  # + headers and metadata, about
+    with atomic_dir(final, needed_bytes=needed) as tmp:
+        for name, serialize in files.items():
+            (tmp / name).write_bytes(serialize())
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    """The weights a checkpoint keeps, on the CPU: the LoRA adapters as PEFT names them, or (method full,
+    a model without PEFT) every trainable weight, named as in model.state_dict()."""
+    if _is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _tensor_bytes(tree: Any) -> int:
+    """Bytes of the tensors in a state tree (what its safetensors files hold, less headers)."""
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(_tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in tree)
+    return 0
 
 
 def saved_state(path: Path) -> dict[str, Any]:
@@ -148,7 +177,7 @@ _STATE_FIELDS = {
     "train_seconds": _number_or_none, "best_eval_loss": _number_or_none, "first_eval_loss": _number_or_none,
     "final_eval_loss": _number_or_none, "final_train_loss": _number_or_none,
     "best_step": lambda v: v is None or _count(v), "best_score": _number_or_none, "best_eval_sari": _number_or_none,
-    "final_eval_sari": _number_or_none,
+    "final_eval_sari": _number_or_none, "method": lambda v: v in ("lora", "full"),
 }
 
 
@@ -163,15 +192,37 @@ def rng_state() -> dict[str, Any]:
 
 
 def load_adapter(path: Path, model: Any) -> None:
-    """The checkpoint's LoRA weights into `model` (before FSDP shards it, when it does)."""
-    from peft import set_peft_model_state_dict
+    """The checkpoint's trainable weights into `model`: LoRA adapters (before FSDP shards it, when it
+    does), or a full fine-tuning run's weights.
+
+    Raises:
+        TrainingError: the file is damaged, or (method full) holds other weights than `model` trains.
+    """
     from safetensors.torch import load_file
 
     try:
         weights = load_file(str(path / _ADAPTER))
     except Exception as exc:  # noqa: BLE001 - any failure to parse the file means it is damaged
         raise _damaged(path / _ADAPTER, exc) from None
-    set_peft_model_state_dict(model, weights)
+    if _is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+        return
+    _load_whole_weights(path / _ADAPTER, model, weights)
+
+
+def _load_whole_weights(file: Path, model: Any, weights: dict[str, Any]) -> None:
+    trains = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != trains:
+        odd = sorted(set(weights) ^ trains)
+        raise TrainingError(f"{file} holds other weights than this run trains ({len(set(weights) - trains)} it does not train, "
+                            f"{len(trains - set(weights))} missing, e.g. {odd[0]}): it was written with other settings "
+                            f"(train_embeddings?); resume with those, or {_START_OVER}")
+    try:
+        model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a shape that differs
+        raise _damaged(file, exc) from None
 
 
 def load_checkpoint(

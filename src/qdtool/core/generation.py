@@ -83,7 +83,8 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
     """Resolve a model spec for inference.
 
     A run dir (run_config.yaml + adapter/) loads its base model with the adapter on top (in 4-bit
-    on a GPU when it was trained so); a merged dir or any other spec loads as is.
+    on a GPU when it was trained so); a full fine-tuning run's model/, a merged dir or any other spec
+    loads as is.
 
     Raises:
         UsageError: no spec and no run under runs/; the spec is a path that does not exist; `device`
@@ -99,14 +100,17 @@ def load_decomposer(spec: str | None, *, device: str = "auto", trust_remote_code
             raise UsageError("no model given and no run in runs/: pass --model RUN_DIR, a merged model dir, a hub id, or 'embedded'")
         spec = str(found)
     run = RunDir(spec)
-    config = load_train_config(run.config) if run.is_run() and run.adapter.is_dir() else None
+    full = run.is_run() and run.has_model()  # a full fine-tuning run: its model/ is the whole model
+    config = load_train_config(run.config) if run.is_run() and (run.adapter.is_dir() or full) else None
     # Before torch is imported: a mistyped path or an unreachable hub id fails in a second or two.
-    check_available(config.model if config is not None else spec, progress)
+    check_available(str(run.model) if full else config.model if config is not None else spec, progress)
     target = select_device(device=device)
     # Only this command's own flag runs a model repo's code: a run dir's run_config.yaml may come
     # from anyone, so its trust_remote_code is never read (load_train_config drops it too).
     as_run = config is not None
-    if as_run:
+    if full:
+        model, tokenizer = _load_model(str(run.model), target, trust_remote_code, progress)
+    elif as_run:
         model, tokenizer = _load_run(run, config, target, trust_remote_code, progress)
     else:
         model, tokenizer = _load_model(spec, target, trust_remote_code, progress)

@@ -3,6 +3,7 @@
     runs/NAME/
       run_config.yaml   the resolved settings; written once the model has loaded
       adapter/          LoRA weights, tokenizer and card; written whole at the end
+      model/            instead of adapter/ for method full: the whole fine-tuned model (safetensors), tokenizer and card
       run_summary.json  what happened; written last, so its presence means the run finished
       metrics.jsonl     one row per step and per evaluation; loss.png, its curves
       checkpoints/      step-N/ resume points, removed once the adapter is written
@@ -37,6 +38,11 @@ class RunDir:
     @property
     def adapter(self) -> Path:
         return self.path / "adapter"
+
+    @property
+    def model(self) -> Path:
+        """A full fine-tuning run's result: a standalone model directory (`from_pretrained` loads it)."""
+        return self.path / "model"
 
     @property
     def config(self) -> Path:
@@ -86,11 +92,37 @@ class RunDir:
         """Whether the adapter is complete enough to load (its adapter_config.json is there)."""
         return (self.adapter / "adapter_config.json").is_file()
 
+    def has_model(self) -> bool:
+        """Whether a full fine-tuning run's model is complete enough to load (its config.json is there)."""
+        return (self.model / "config.json").is_file()
+
+    def is_full_run(self) -> bool:
+        """Whether the run here trains with method full (its run_config.yaml says so): it makes model/, not adapter/,
+        and there is nothing to merge."""
+        import yaml
+
+        try:
+            saved = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False  # no run, or a broken file that loading the config reports properly
+        return isinstance(saved, dict) and saved.get("method") == "full"
+
+    def merge_refusal(self) -> str | None:
+        """Why `qdtool merge` has nothing to do here (a full fine-tuning run), else None."""
+        if not self.is_full_run():
+            return None
+        if not self.has_model():
+            return (f"{self} is a full fine-tuning run (method full) without {self.model.name}/ yet: it may not have finished training. "
+                    f"Resume it with `{self.resume_command}`; there is no adapter to merge")
+        return (f"{self} is a full fine-tuning run (method full): there is no adapter to merge, {self.model} is already a standalone "
+                f"model. Pass {self} to `qdtool decompose` / `qdtool eval` as it is, or copy {self.model} to share it")
+
     def has_trained(self) -> bool:
-        """Whether it holds something a run trained: a checkpoint to resume, an adapter, a summary."""
+        """Whether it holds something a run trained: a checkpoint to resume, an adapter or model, a summary."""
         from qdtool.core.checkpoint import latest_checkpoint
 
-        return self.is_finished() or self.adapter.exists() or latest_checkpoint(self.checkpoints) is not None
+        return (self.is_finished() or self.adapter.exists() or self.model.exists()
+                or latest_checkpoint(self.checkpoints) is not None)
 
     def holds_files(self) -> bool:
         """Whether anything but the lock file is here."""
@@ -128,9 +160,9 @@ class RunDir:
 
     @classmethod
     def latest(cls, runs: Path = RUNS) -> RunDir | None:
-        """The run under `runs` whose settings were written last, among those with an adapter or a merged model."""
+        """The run under `runs` whose settings were written last, among those with an adapter, a full run's model or a merged model."""
         if not runs.is_dir():
             return None
         found = [cls(p) for p in runs.iterdir()]
-        found = [r for r in found if r.is_run() and (r.adapter.is_dir() or (r.path / "config.json").is_file())]
+        found = [r for r in found if r.is_run() and (r.adapter.is_dir() or r.has_model() or (r.path / "config.json").is_file())]
         return max(found, key=lambda r: r.config.stat().st_mtime, default=None)

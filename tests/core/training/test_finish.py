@@ -1,4 +1,4 @@
-"""core/training/finish.py: the adapter is written whole, with our card and a portable base model."""
+"""core/training/finish.py: the adapter (or a full run's model) is written whole, with our card and a portable base model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from qdtool.core import training
 from qdtool.errors import TrainingError
@@ -94,3 +95,51 @@ def test_the_card_names_a_local_base_as_given_and_lists_every_data_file(tiny_mod
     assert "| LoRA | r 16, alpha 32, dropout 0.05, on q_proj, v_proj, rsLoRA |" in card
     assert "| eval loss (answer tokens) | 2.5000 at start → 1.2500 at end (best 1.0000) |" in card
     assert "| precision | bf16 on cpu, quantization none |" in card
+
+
+def test_a_full_run_writes_a_standalone_model_with_the_best_weights_that_decompose_loads(tiny_model_dir, data_file, tmp_path,
+                                                                                        monkeypatch):
+    from safetensors.torch import load_file
+
+    from qdtool.core.generation import GenerationSettings, decompose, load_decomposer
+    from qdtool.core.rundir import RunDir
+    from qdtool.core.training import loop
+
+    seen = {}
+    real = loop.evaluate
+
+    def evaluate(run, step):  # the trained weights at each evaluation, by step
+        seen[step] = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+        return real(run, step)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    out = tmp_path / "run"
+    # a learning rate that overshoots at its peak: the eval loss falls, then rises, so the best step is not the last
+    result = training.train(make_config(tiny_model_dir, data_file, out, method="full", lr=0.1, warmup_ratio=0.5, scheduler="linear",
+                                        eval_steps=1, max_steps=6))
+    assert 0 < result.selected_step < 6
+    assert (result.method, result.adapter_dir) == ("full", str(out / "model"))
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["model"]  # no adapter/, checkpoints/ or best/
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert set(seen[result.selected_step]) == set(saved) - {"model.embed_tokens.weight"}  # the embedding stays frozen
+    assert result.trainable_params == sum(v.numel() for v in seen[0].values())
+    for name, value in seen[result.selected_step].items():  # the best evaluation's weights, not the last step's
+        torch.testing.assert_close(saved[name], value, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(saved["model.embed_tokens.weight"], base["model.embed_tokens.weight"], rtol=0, atol=0)
+    assert any(not torch.equal(saved[n], base[n]) for n in seen[0])
+    assert json.loads((out / "model" / "config.json").read_text())["use_cache"] is True
+    card = (out / "model" / "README.md").read_text()
+    assert card.startswith("---\ntags: [qdtool, question-decomposition, full-fine-tuning]\n---")
+    assert "fully fine-tuned with qdtool" in card and "every weight but the input embedding trained" in card
+    assert f'qdtool decompose --model {out} "' in card and "qdtool merge" not in card
+    assert "there is no adapter to merge" in RunDir(out).merge_refusal()
+
+    decomposer = load_decomposer(str(out), device="cpu")  # the run dir, as `qdtool decompose --model RUN` passes it
+    assert not hasattr(decomposer.model, "peft_config") and decomposer.longest_trained == result.longest_decomposition
+    weight = decomposer.model.get_parameter("model.layers.0.self_attn.q_proj.weight")
+    # the trained weights (in the CPU's compute precision: bf16 rounds to 2^-9), not the base's
+    torch.testing.assert_close(weight.float(), saved["model.layers.0.self_attn.q_proj.weight"], rtol=4e-3, atol=1e-6)
+    [answer] = decompose(decomposer, [{"question": "Was Aristotle alive when the laptop was invented?"}],
+                         GenerationSettings(max_new_tokens=8))
+    assert answer.question == "Was Aristotle alive when the laptop was invented?"

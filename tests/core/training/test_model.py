@@ -62,3 +62,30 @@ def test_a_checkpoint_resumes_only_as_it_was_written(tiny_model_dir, data_file, 
         training.train(make_config(tiny_model_dir, data_file, out))
     state_file.write_text(json.dumps(state))
     assert training.train(make_config(tiny_model_dir, data_file, out)).resumed_from == str(state_file.parent)
+
+
+def test_a_full_run_resumes_its_own_curve_and_refuses_a_checkpoint_of_the_other_method(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    """Method full: the checkpoint holds every trained weight and its AdamW state, so a resumed run continues the
+    uninterrupted run's loss curve; a checkpoint whose weights are LoRA adapters cannot be resumed by it."""
+    import torch
+
+    from train_support import losses, stop_after
+
+    reference = tmp_path / "reference"
+    training.train(make_config(tiny_model_dir, data_file, reference, method="full", lr=1e-3))
+    out = tmp_path / "run"
+    real = one_step.train_step
+    stop_after(monkeypatch, 2)
+    with pytest.raises(TrainingInterrupted):
+        training.train(make_config(tiny_model_dir, data_file, out, method="full", lr=1e-3))
+    monkeypatch.setattr(one_step, "train_step", real)
+    state_file = out / "checkpoints" / "step-0000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["method"] == "full"
+    state_file.write_text(json.dumps({**state, "method": "lora"}))
+    with pytest.raises(ConfigError, match="written by a method lora run; this run has method full. Resume it with the method it was"):
+        training.train(make_config(tiny_model_dir, data_file, out, method="full", lr=1e-3))
+    state_file.write_text(json.dumps(state))
+    result = training.train(make_config(tiny_model_dir, data_file, out, method="full", lr=1e-3))
+    assert result.resumed_from == str(state_file.parent) and result.method == "full"
+    torch.testing.assert_close(torch.tensor(losses(out)), torch.tensor(losses(reference)), rtol=0, atol=1e-5)

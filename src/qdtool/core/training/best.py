@@ -1,4 +1,4 @@
-"""The best evaluation of a run and its weights: the adapter written at the end is the best step's.
+"""The best evaluation of a run and its weights: the adapter (or a full run's model) written at the end is the best step's.
 
 Each evaluation better than all before it (lower eval_loss, or higher eval SARI, as `select_by`
 says; a tie keeps the earlier step) writes the trainable weights to best/step-N/ in the run dir,
@@ -57,7 +57,8 @@ def trainable_weights(run: Any) -> dict[str, Any]:
         from qdtool.core import sharding
 
         return sharding.full_lora_weights(run.model)
-    return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in run.model.named_parameters() if p.requires_grad}
+    # no copy on a CPU: they are serialized at once, and a full fine-tuning run's weights are hundreds of MB
+    return {name: p.detach().to("cpu").contiguous() for name, p in run.model.named_parameters() if p.requires_grad}
 
 
 def path_of(out: RunDir, step: int) -> Path:

@@ -1,8 +1,8 @@
-"""The model a run trains: base + LoRA, sharded with FSDP when several processes share it."""
+"""The model a run trains: base + LoRA (or the base itself, method full), sharded with FSDP when several processes share it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,13 @@ class Built:
 
 
 def build_model(config: TrainConfig, hardware: Any, dist: Dist, start_from: Path | None, out: RunDir, report: Reporter) -> Built:
-    """Load the base, add LoRA, save run_config.yaml (the run now exists) and shard under FSDP.
+    """Load the base, add LoRA (or make its weights trainable), save run_config.yaml (the run now exists) and shard under FSDP.
+
+    Method full loads the base in fp32 whatever the precision: those are the master weights the
+    optimizer updates; autocast computes in the run's precision.
 
     Raises:
-        ConfigError: FSDP without several processes on a GPU; a checkpoint written by another process layout.
+        ConfigError: FSDP without several processes on a GPU; a checkpoint written by another process layout or method.
     """
     import torch
 
@@ -34,9 +37,10 @@ def build_model(config: TrainConfig, hardware: Any, dist: Dist, start_from: Path
 
     sharded = _sharded(config, dist, hardware, report)
     if start_from is not None:  # the batch stream and the optimizer state's layout depend on both
-        _check_layout(start_from, dist, sharded)
+        _check_layout(start_from, dist, sharded, config.method)
     torch.manual_seed(config.seed)  # the same LoRA initialization in every process
-    model = lora.add_lora(modeling.load_base_model(config, hardware, report.info, on_cpu=sharded), config)
+    load_on = replace(hardware, precision="fp32") if config.method == "full" else hardware
+    model = lora.make_trainable(modeling.load_base_model(config, load_on, report.info, on_cpu=sharded), config)
     torch.manual_seed(config.seed + dist.rank)  # then each process its own dropout masks
     if dist.main:  # only now: a model that fails to load leaves no run behind to block the directory
         write_text_atomic(out.config, f"# written by qdtool train; `{out.resume_command}` repeats this run\n" + dump_config(config))
@@ -61,10 +65,13 @@ def _sharded(config: TrainConfig, dist: Dist, hardware: Any, report: Reporter) -
     return config.sharding == "fsdp" and dist.enabled
 
 
-def _check_layout(start_from: Path, dist: Dist, sharded: bool) -> None:
+def _check_layout(start_from: Path, dist: Dist, sharded: bool, method: str) -> None:
     from qdtool.core import checkpoint
 
     saved = checkpoint.saved_state(start_from)
+    if saved.get("method", "lora") != method:  # its weights file holds LoRA adapters or whole weights, not both
+        raise ConfigError(f"{start_from} was written by a method {saved.get('method', 'lora')} run; this run has method {method}. "
+                          "Resume it with the method it was written with, or start over with --overwrite")
     written, now = (saved.get("processes", 1), saved.get("sharded", False)), (dist.world, sharded)
     if written != now:
         how = lambda n, fsdp: f"{n} process{'es' if n > 1 else ''}{' with FSDP' if fsdp else ''}"  # noqa: E731

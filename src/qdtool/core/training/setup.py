@@ -37,7 +37,7 @@ def setup(config: TrainConfig, resume: str, overwrite: bool, on_event: OnEvent |
     run = _assemble(config, hardware, dist, out, report, samples, built, start_from, data_files)
     run.state = {"best_eval_loss": None, "first_eval_loss": None, "supervised_tokens": 0, "train_seconds": 0.0,
                  "processes": dist.world, "sharded": built.sharded, "data": data, "best_step": None, "best_score": None,
-                 "best_eval_sari": None}
+                 "best_eval_sari": None, "method": config.method}
     _decoding(run, samples.eval_records, inputs)
     if start_from is not None:
         _resume(run, start_from)

@@ -16,7 +16,7 @@ from qdtool.core.rundir import RunDir
 @dataclass
 class TrainResult:
     output_dir: str
-    adapter_dir: str
+    adapter_dir: str  # adapter/, or model/ for method full (the whole fine-tuned model)
     steps: int
     total_steps: int
     train_records: int
@@ -41,6 +41,7 @@ class TrainResult:
     precision: str = ""
     trainable_params: int = 0
     longest_decomposition: int | None = None  # steps of the longest training record: `decompose` caps its outputs there
+    method: str = "lora"  # lora, or full: adapter_dir is then a standalone model and there is nothing to merge
     already_complete: bool = False
     warnings: list[str] = field(default_factory=list)
 
