@@ -102,3 +102,35 @@ def test_cpu_calibration_points_from_docs_benchmarks(batch_tokens, measured):
     docs/benchmarks.md "Training memory"): within 10%, as probe-gpu reports it on a CPU."""
     predicted = estimate(model_shape("embedded"), batch_tokens=batch_tokens, precision="bf16", device="cpu").total_gib
     assert abs(predicted / measured - 1) <= 0.10
+
+
+def test_full_fine_tuning_terms_by_hand():
+    """Method full on a small tied architecture: fp32 master weights + grads + 2 AdamW states (16 B) for every trainable
+    weight, the frozen embedding in fp32, bf16 autocast copies of the matmul weights, an fp32 residual stream."""
+    from qdtool.core.lora import make_trainable
+    from qdtool.core.memory import full_trainable_params
+
+    shape = Shape(64, 128, 2, 4, 2, 16, 600, True)  # linears 73,728; embedding = head 38,400; norms 320
+    assert shape.parameters == 112_448
+    e = estimate(shape, method="full", batch_tokens=1000, supervised_share=0.25)
+    assert (e.method, e.trainable_params, e.lora_params) == ("full", 112_448 - 38_400, 0)
+    assert e.lora_and_optimizer_gib * GIB == 74_048 * (4 + 4 + 8)
+    assert e.weights_gib * GIB == 38_400 * 4 + (73_728 + 38_400) * 2
+    # per token and layer: 4h residual/norm elements in fp32, the rest of the LoRA formula's in bf16, no dropout copies
+    per_layer = 4 * 64 * 4 + ((64 + 64 + 64 + 128) + (2 * 64 + 2 * 32) + 3 * 128) * 2
+    assert e.activations_gib * GIB == 1000 * 2 * per_layer + 1000 * 64 * 4 * 3
+    assert e.logits_and_loss_gib * GIB == pytest.approx(250 * 600 * 14 + 250 * 64 * 4)
+    everything = estimate(shape, method="full", train_embeddings=True)
+    assert everything.lora_and_optimizer_gib * GIB == 112_448 * 16 and everything.weights_gib * GIB == (73_728 + 38_400) * 2
+    fp32 = estimate(shape, method="full", precision="fp32")
+    assert fp32.weights_gib * GIB == 38_400 * 4  # no autocast copies
+    assert estimate(shape, method="full", optimizer="adamw_8bit").lora_and_optimizer_gib * GIB == 74_048 * (4 + 4 + 2)
+    with pytest.raises(ValueError, match="method full"):
+        estimate(shape, method="full", quantization="4bit")
+    # the count is what full fine-tuning really trains
+    model = make_trainable(build_tiny_model(600, tied=True), TrainConfig(method="full"))
+    assert full_trainable_params(shape) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert Shape.from_config(model.config) == shape
+    gemma = model_shape("embedded")  # full costs more than LoRA there, by about the 100M trained weights' 16 bytes each
+    extra = estimate(gemma, method="full", device="cpu").total_gib - estimate(gemma, device="cpu").total_gib
+    assert 1.5 < extra < 3.5

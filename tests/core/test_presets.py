@@ -252,3 +252,23 @@ def test_max_seq_len_is_cut_to_a_batch_tokens_given_and_bad_values_wait_for_vali
     assert choice.settings["max_seq_len"] == 512 and choice.settings["batch_tokens"] == 512
     assert choice.reasons[1] == ("max_seq_len 512: the data's p99 sample is 700 tokens, rounded up to a multiple of 64, "
                                  "cut to the batch_tokens given (512)")
+
+
+def test_auto_with_method_full_plans_unquantized_unsharded_and_estimates_full_fine_tuning(monkeypatch):
+    """A small GPU where auto would pick 4-bit for LoRA: full fine-tuning never gets it (nor FSDP), and its estimate is
+    of the full run's terms, higher than LoRA's."""
+    fake_nvml(monkeypatch, [8, 8])
+    report = probe_hardware()
+    fixed = typed_inputs({"method": "full", "model": "embedded"})
+    assert fixed == {"method": "full", "model": "embedded"}
+    choice = choose_auto(report, fixed=fixed)
+    assert (choice.settings["quantization"], choice.settings.get("sharding", "none")) == ("none", "none")
+    assert choice.estimate.method == "full" and choice.estimate.trainable_params == KNOWN_SHAPES["embedded"].parameters - 262144 * 640
+    config, planned = plan_training("auto", None, {"method": "full", "model": "embedded"}, hardware=report)
+    assert config.method == "full" and planned.estimate.method == "full"
+    lora = choose_auto(report, fixed={"model": "embedded"})
+    assert planned.estimate.lora_and_optimizer_gib > 10 * lora.estimate.lora_and_optimizer_gib
+    fake_nvml(monkeypatch, [3])  # LoRA fits in 4-bit here; full fine-tuning does not fit, and is never planned in 4-bit
+    assert choose_auto(probe_hardware(), fixed={"model": "embedded"}).settings["quantization"] in ("none", "4bit")
+    with pytest.raises(ConfigError, match=r"embedded does not fit in 2\.7 GiB free .* even unquantized .*method full"):
+        choose_auto(probe_hardware(), fixed=fixed)

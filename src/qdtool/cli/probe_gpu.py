@@ -74,7 +74,8 @@ def _estimate_table(hardware: Any, choice: Any) -> Any:
     table = Table(title=title, title_justify="left")
     table.add_column("term")
     table.add_column("GiB", justify="right")
-    terms = (("weights", e.weights_gib), (f"LoRA ({e.lora_params / 1e6:.1f}M) + grads + optimizer", e.lora_and_optimizer_gib),
+    trained = f"trainable weights ({e.trainable_params / 1e6:.1f}M)" if e.method == "full" else f"LoRA ({e.lora_params / 1e6:.1f}M)"
+    terms = (("weights", e.weights_gib), (f"{trained} + grads + optimizer", e.lora_and_optimizer_gib),
              ("activations", e.activations_gib), ("logits and loss", e.logits_and_loss_gib),
              ("4-bit dequantization buffer", e.dequant_buffer_gib), ("allocator overhead", e.overhead_gib),
              ("peak reserved (torch)", e.peak_reserved_gib))

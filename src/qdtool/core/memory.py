@@ -2,8 +2,12 @@
 
 The estimate is a sum of named terms (weights, LoRA + optimizer, activations, logits and loss,
 dequantization buffer, allocator overhead), each a formula of the architecture's shapes and the
-run's settings. The constants marked CALIBRATE are first-principles values; bench/estimator_accuracy.py
-measures real training steps on a GPU to check them (see docs/benchmarks.md for the status).
+run's settings. Full fine-tuning (`method: full`) has its own weight terms: fp32 master weights,
+their fp32 gradients and optimizer states for every trainable weight, and the 16-bit copies
+autocast makes of the matmul weights; its residual stream is fp32 (the embedding's output is).
+
+The constants marked CALIBRATE are first-principles values; bench/estimator_accuracy.py measures
+real training steps on a GPU to check them (see docs/benchmarks.md for the status).
 """
 
 from __future__ import annotations
@@ -111,22 +115,56 @@ def optimizer_bytes_per_param(optimizer: str) -> float:
     return 4 + 4 + states
 
 
-def activation_bytes_per_token_layer(shape: Shape, gradient_checkpointing: bool, act_bytes: int = 2, lora_dropout: bool = True) -> float:
+def activation_bytes_per_token_layer(shape: Shape, gradient_checkpointing: bool, act_bytes: int = 2, lora_dropout: bool = True,
+                                     residual_bytes: int | None = None) -> float:
     """What one decoder layer keeps for backward, per token.
 
-    Without checkpointing (elements, then x bytes): residual and norm tensors (4h), the inputs
-    the frozen linears and their LoRA branches see (q/k/v share one: h; o: q; gate/up share one:
-    h; down: i), rotated q, k, v and the attention output (2q + 2kv), the MLP's gate, up and
+    Without checkpointing (elements, then x bytes): residual and norm tensors (4h, x
+    `residual_bytes`: 4 under full fine-tuning, whose fp32 weights keep the residual stream fp32),
+    the inputs the linears and their LoRA branches see (q/k/v share one: h; o: q; gate/up share
+    one: h; down: i), rotated q, k, v and the attention output (2q + 2kv), the MLP's gate, up and
     activation outputs (3i), plus LoRA-dropout copies of each linear's input (3h + q + 2h + i) with
-    their 1-byte masks. With checkpointing only the layer input (h) stays.
+    their 1-byte masks. With checkpointing only the layer input (h, a residual) stays.
     """
     h, i = shape.hidden, shape.intermediate
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    residual_bytes = residual_bytes or act_bytes
     if gradient_checkpointing:
-        return h * act_bytes
-    elements = 4 * h + (h + q + h + i) + (2 * q + 2 * kv) + 3 * i
+        return h * residual_bytes
+    elements = (h + q + h + i) + (2 * q + 2 * kv) + 3 * i
     dropout = (3 * h + q + 2 * h + i) if lora_dropout else 0
-    return elements * act_bytes + dropout * (act_bytes + 1)
+    return 4 * h * residual_bytes + elements * act_bytes + dropout * (act_bytes + 1)
+
+
+def full_trainable_params(shape: Shape, train_embeddings: bool = False) -> int:
+    """Weights that train under method full: all of them, or all but the input embedding (and the head tied to it)."""
+    return shape.parameters - (0 if train_embeddings else shape.vocab * shape.hidden)
+
+
+def _full_weight_terms(shape: Shape, optimizer: str, bytes_16: int, train_embeddings: bool) -> tuple[float, float, int]:
+    """(weights, trainable weights + grads + optimizer states, trainable count) of full fine-tuning.
+
+    Weights: the frozen ones in fp32 (the model loads in fp32), plus in 16-bit compute one copy of
+    every matmul weight (the linears, and the head), which autocast casts once per forward and
+    backward keeps. Trainable: fp32 master weight + fp32 gradient + optimizer states each.
+    """
+    trainable = full_trainable_params(shape, train_embeddings)
+    copies = (shape.linear_params + shape.vocab * shape.hidden) * bytes_16 if bytes_16 < 4 else 0
+    return (shape.parameters - trainable) * 4 + copies, trainable * optimizer_bytes_per_param(optimizer), trainable
+
+
+def _lora_weight_terms(shape: Shape, quantization: str, double_quant: bool, bytes_16: int, lora_r: int,
+                       lora_target: str | Sequence[str], optimizer: str, shards: int) -> tuple[float, float, int]:
+    """(base weights, LoRA weights + grads + optimizer states, LoRA count), per process under FSDP (see `estimate`)."""
+    weights = weight_bytes(shape, quantization, double_quant, bytes_16)
+    n_lora = lora_params(shape, lora_r, lora_target)
+    lora = n_lora * optimizer_bytes_per_param(optimizer)
+    if shards > 1:
+        root = (shape.embedding_params + shape.hidden) * bytes_16
+        layer = (weights - root) / shape.layers
+        weights = (weights - root) / shards + 2 * layer + root
+        lora /= shards
+    return weights, lora, n_lora
 
 
 @dataclass
@@ -140,12 +178,23 @@ class MemoryEstimate:
     peak_reserved_gib: float  # what torch.cuda.max_memory_reserved() should show
     cuda_context_gib: float
     total_gib: float  # what must be free on the GPU
-    lora_params: int
+    lora_params: int  # 0 under method full
     parameters: int
     runtime_gib: float = 0.0  # on a CPU: the process itself (Python, libraries, tokenizer)
+    method: str = "lora"  # full: lora_and_optimizer_gib is of every trainable weight, not of adapters
+    trainable_params: int = 0  # the LoRA weights, or under method full the model's trainable weights
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _activation_bytes(shape: Shape, tokens: int, checkpointing: bool, act_bytes: int, lora_dropout: bool, hidden_bytes: int) -> float:
+    """What the decoder layers keep for backward over `tokens`, plus the embeddings' output, the final norm and its gradient."""
+    per_layer = activation_bytes_per_token_layer(shape, checkpointing, act_bytes, lora_dropout, hidden_bytes)
+    activations = tokens * shape.layers * per_layer
+    if checkpointing:  # one layer is recomputed in full during backward
+        activations += tokens * activation_bytes_per_token_layer(shape, False, act_bytes, lora_dropout, hidden_bytes)
+    return activations + tokens * shape.hidden * hidden_bytes * 3
 
 
 def estimate(
@@ -164,6 +213,8 @@ def estimate(
     lora_dropout: bool = True,
     shards: int = 1,
     device: str = "cuda",
+    method: str = "lora",
+    train_embeddings: bool = False,
 ) -> MemoryEstimate:
     """Predicted peak memory of one training step with these settings, on one GPU (or the CPU).
 
@@ -177,26 +228,25 @@ def estimate(
             there, core/loss.py's chunk of rows at a time, keeping each row's hidden-state gradient);
             ignored when `answer_only_logits` is False (the seed script's full logits at every token).
         device: "cuda" (peak reserved + CUDA context) or "cpu" (peak resident memory of the process).
+        method: "lora", or "full" (the lora_* settings are then ignored; no quantization, no sharding).
+        train_embeddings: under method full, whether the input embedding (and a head tied to it) trains too.
     """
     bytes_16 = 4 if precision == "fp32" else 2
-    weights = weight_bytes(shape, quantization, double_quant, bytes_16)
-    n_lora = lora_params(shape, lora_r, lora_target)
-    lora = n_lora * optimizer_bytes_per_param(optimizer)
-    if shards > 1:
-        root = (shape.embedding_params + shape.hidden) * bytes_16
-        layer = (weights - root) / shape.layers
-        weights = (weights - root) / shards + 2 * layer + root
-        lora /= shards
-    per_layer = activation_bytes_per_token_layer(shape, gradient_checkpointing, bytes_16, lora_dropout)
-    activations = batch_tokens * shape.layers * per_layer
-    if gradient_checkpointing:  # one layer is recomputed in full during backward
-        activations += batch_tokens * activation_bytes_per_token_layer(shape, False, bytes_16, lora_dropout)
-    activations += batch_tokens * shape.hidden * bytes_16 * 3  # embeddings out, final norm, its gradient
+    full = method == "full"
+    if full and (quantization != "none" or shards > 1):
+        raise ValueError("method full trains unquantized weights in one process each: quantization none, shards 1")
+    if full:
+        weights, lora, n_trainable = _full_weight_terms(shape, optimizer, bytes_16, train_embeddings)
+    else:
+        weights, lora, n_trainable = _lora_weight_terms(shape, quantization, double_quant, bytes_16, lora_r, lora_target, optimizer,
+                                                        shards)
+    hidden_bytes = 4 if full else bytes_16  # the residual stream's dtype: the embedding output's
+    activations = _activation_bytes(shape, batch_tokens, gradient_checkpointing, bytes_16, lora_dropout and not full, hidden_bytes)
     # in fp32 the head's output is already fp32: no upcast copy
     per_logit = LOSS_BYTES_PER_LOGIT if precision != "fp32" else LOSS_BYTES_PER_LOGIT - 2
     if answer_only_logits:  # one chunk's logits at a time, plus the [answer tokens, hidden] gradient kept
         answer_rows = batch_tokens * supervised_share
-        logits = min(answer_rows, chunk_rows(shape.vocab)) * shape.vocab * per_logit + answer_rows * shape.hidden * bytes_16
+        logits = min(answer_rows, chunk_rows(shape.vocab)) * shape.vocab * per_logit + answer_rows * shape.hidden * hidden_bytes
     else:
         logits = batch_tokens * shape.vocab * per_logit
     dequant = max(a * b for a, b in shape.linear_dims().values()) * bytes_16 if quantization != "none" else 0.0
@@ -205,4 +255,5 @@ def estimate(
     reserved = allocated + overhead
     context, runtime = (0.0, CPU_RUNTIME_GIB) if device == "cpu" else (CUDA_CONTEXT_GIB, 0.0)
     return MemoryEstimate(weights / GIB, lora / GIB, activations / GIB, logits / GIB, dequant / GIB, overhead / GIB,
-                          reserved / GIB, context, reserved / GIB + context + runtime, n_lora, shape.parameters, runtime)
+                          reserved / GIB, context, reserved / GIB + context + runtime, 0 if full else n_trainable, shape.parameters,
+                          runtime, method, n_trainable)

@@ -40,7 +40,8 @@ KNOWN_SHAPES = {
 _TIER_BY_MEMORY = ((10, "8gb"), (14, "12gb"), (20, "16gb"), (32, "24gb"), (64, "48gb"), (math.inf, "80gb"))
 # The settings from the YAML file and the flags that `auto` plans around; it keeps each one given.
 _PLAN_INPUTS = ("model", "data", "max_seq_len", "packing", "batch_tokens", "batch_size", "grad_accum", "lora_r", "lora_target",
-                "lora_dropout", "quantization", "double_quant", "precision", "gradient_checkpointing", "sharding", "optimizer")
+                "lora_dropout", "quantization", "double_quant", "precision", "gradient_checkpointing", "sharding", "optimizer",
+                "method", "train_embeddings")
 _DEFAULTS = {name: info.default for name, info in TrainConfig.model_fields.items()}
 
 
@@ -189,7 +190,7 @@ def estimate_settings(shape: Shape, settings: Mapping[str, Any], hardware: Hardw
                    lora_target=settings["lora_target"], optimizer=settings["optimizer"], batch_tokens=tokens,
                    supervised_share=supervised_share, gradient_checkpointing=settings["gradient_checkpointing"],
                    precision=run_precision(hardware, settings), lora_dropout=settings["lora_dropout"] > 0, shards=shards,
-                   device="cuda" if hardware.gpus else "cpu")
+                   device="cuda" if hardware.gpus else "cpu", method=settings["method"], train_embeddings=settings["train_embeddings"])
     return est
 
 
@@ -302,7 +303,7 @@ def _first_fit(hardware: HardwareReport, models: list[tuple[str, str]], fixed: M
 
 def _shard_counts(gpus: int, fixed: Mapping[str, Any]) -> tuple[int, ...]:
     """Over how many GPUs `auto` may shard the weights: 1 (each holds them all), then all of them."""
-    if gpus == 1 or fixed.get("sharding") == "none" or fixed.get("quantization", "none") != "none":
+    if gpus == 1 or fixed.get("sharding") == "none" or fixed.get("quantization", "none") != "none" or fixed.get("method") == "full":
         return (1,)
     return (gpus,) if fixed.get("sharding") == "fsdp" else (1, gpus)
 
@@ -327,7 +328,7 @@ def _candidates(fixed: Mapping[str, Any], max_seq_len: int, shards: int) -> Iter
         return (fixed[name],) if name in fixed else default
 
     batches = tuple(b for b in BATCH_TOKENS if b >= max_seq_len) or (max_seq_len,)
-    for quantization in options("quantization", ("none", "4bit") if shards == 1 else ("none",)):
+    for quantization in options("quantization", ("none", "4bit") if shards == 1 and fixed.get("method") != "full" else ("none",)):
         for checkpointing in options("gradient_checkpointing", (False, True)):
             for batch_tokens in options("batch_tokens", batches):
                 # FSDP: the plain (foreach) AdamW, the one the sharded tests run
