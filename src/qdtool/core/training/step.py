@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from qdtool.config import TrainConfig
+from qdtool.core import neftune
 from qdtool.core.distributed import Dist
 from qdtool.core.loss import answer_loss_sum
 from qdtool.errors import TrainingError
@@ -50,8 +51,9 @@ def _optimizer_step(model, optimizer, scheduler, scaler, autocast, micro, config
     n_supervised = sum(mb.supervised_tokens for mb in micro)  # of the whole step, over all processes
     loss_value = 0.0
     for mb, weight in dist.share(micro, lockstep=sharded):
-        with autocast or nullcontext():
-            loss_sum, _ = loss_of(mb.to_tensors(hardware.device))
+        batch = mb.to_tensors(hardware.device)
+        with autocast or nullcontext(), neftune.noisy(model, config.neftune_alpha, batch):  # training steps only
+            loss_sum, _ = loss_of(batch)
         loss = loss_sum * weight / max(n_supervised, 1)  # token mean over the whole step, not per micro-batch
         # FSDP averages gradients over processes; the sum is wanted, as the loss is already a share of the step
         scaled = loss * dist.world if sharded else loss
