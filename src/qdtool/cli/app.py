@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool import __version__
-from qdtool.cli import decompose, eval, merge, probe_gpu, train, validate_data
+from qdtool.cli import decompose, eval, merge, probe_gpu, serve, train, validate_data
 from qdtool.cli._common import exit_on_bug
 
 
@@ -59,6 +59,7 @@ app.command("train", epilog=train.EXAMPLES)(train.train)
 app.command("merge", epilog=merge.EXAMPLES)(merge.merge)
 app.command("decompose", epilog=decompose.EXAMPLES)(decompose.decompose)
 app.command("eval", epilog=eval.EXAMPLES)(eval.eval)
+app.command("serve", epilog=serve.EXAMPLES)(serve.serve)
 
 
 def main() -> None:
