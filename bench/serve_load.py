@@ -74,6 +74,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients in the concurrent phase")
     parser.add_argument("--requests", type=int, default=128, help="good requests per phase (one question each)")
     parser.add_argument("--hostile", action="store_true", help="send the hostile mix during the concurrent phase")
+    parser.add_argument("--hostile-pause", type=float, default=0.25,
+                        help="seconds between rounds of the hostile mix (a round: each kind once, then a hang-up)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="passed to qdtool serve")
     parser.add_argument("--max-batch", type=int, default=16, help="passed to qdtool serve")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="passed to qdtool serve")
@@ -129,7 +131,7 @@ async def _bench(url: str, prompts: list[str], args: argparse.Namespace) -> dict
         await warm.post("/v1/decompose", json={"question": prompts[0]})  # first-call costs out of both phases
     sequential = await _phase("one at a time", url, headers, prompts, 1, args.timeout)
     stop = asyncio.Event()
-    hostile_task = asyncio.create_task(_hostile(url, headers, prompts, stop)) if args.hostile else None
+    hostile_task = asyncio.create_task(_hostile(url, headers, prompts, stop, args.hostile_pause)) if args.hostile else None
     concurrent = await _phase(f"{args.clients} clients", url, headers, prompts, args.clients, args.timeout)
     stop.set()
     hostile = await hostile_task if hostile_task else {}
@@ -178,12 +180,12 @@ def _hostile_requests(prompts: list[str], headers: dict) -> list[tuple[str, dict
     ]
 
 
-async def _hostile(url: str, headers: dict, prompts: list[str], stop: asyncio.Event) -> dict:
-    """Hostile requests in a loop until `stop`: counts of 4xx, 5xx, anything else, and disconnects."""
+async def _hostile(url: str, headers: dict, prompts: list[str], stop: asyncio.Event, pause: float) -> dict:
+    """Rounds of hostile requests until `stop` (one round at least): counts of 4xx, 5xx, anything else, and disconnects."""
     counts = {"sent": 0, "4xx": 0, "5xx": 0, "reset": 0, "unexpected": 0, "disconnects": 0}
     kinds = _hostile_requests(prompts, headers)
     async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as http:
-        while not stop.is_set():
+        while True:
             for _name, request in kinds:
                 counts["sent"] += 1
                 try:
@@ -194,8 +196,9 @@ async def _hostile(url: str, headers: dict, prompts: list[str], stop: asyncio.Ev
                 key = "reset" if status == 0 else "4xx" if 400 <= status < 500 else "5xx" if status >= 500 else "unexpected"
                 counts[key] += 1
             counts["disconnects"] += await _disconnect_mid_request(url, headers, prompts)
-            await asyncio.sleep(0.05)
-    return counts
+            if stop.is_set():
+                return counts
+            await asyncio.sleep(pause)
 
 
 async def _disconnect_mid_request(url: str, headers: dict, prompts: list[str]) -> int:
