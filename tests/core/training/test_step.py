@@ -64,3 +64,30 @@ def test_grad_accumulation_equals_one_big_batch(tiny_tokenizer):
         updated.append(torch.cat([p.detach().flatten() for p in params]))
     torch.testing.assert_close(updated[0], updated[1], rtol=1e-5, atol=1e-6)
     assert not torch.equal(updated[0], torch.cat([p.detach().flatten() for p in base.parameters() if p.requires_grad]))
+
+
+def test_neftune_noise_reaches_the_training_step_only(tiny_tokenizer):
+    """--neftune-alpha changes a training step's loss, and leaves no hook behind for evaluation."""
+    import copy
+
+    from qdtool.core.batching import pack
+    from qdtool.core.hardware import Device
+    from qdtool.core.lora import add_lora
+    from qdtool.core.prompts import encode_sample
+
+    from conftest import build_tiny_model
+
+    records = [json.loads(line) for line in (EXAMPLES / "strategyqa_train.jsonl").read_text().splitlines()[:2]]
+    micro = pack([encode_sample(tiny_tokenizer, r["question"], r["sub_questions"]) for r in records], 10_000)
+    base = add_lora(build_tiny_model(len(tiny_tokenizer)).float(), TrainConfig(lora_dropout=0.0, lora_r=4))
+    seen = {}
+    for alpha in (0.0, 0.0, 15.0):
+        model = copy.deepcopy(base).train()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        config = TrainConfig(lora_dropout=0.0, lora_r=4, neftune_alpha=alpha)
+        row = one_step.train_step(model, optimizer, scheduler, None, None, micro, config, Device("cpu", "fp32", "CPU"), 0, Dist(),
+                                  one_step.loss_function(model), False)
+        seen.setdefault(alpha, []).append(row["loss"])
+        assert not model.get_input_embeddings()._forward_hooks
+    assert seen[0.0][0] == seen[0.0][1] and abs(seen[15.0][0] - seen[0.0][0]) > 1e-4
