@@ -26,7 +26,8 @@ def test_merge_then_decompose_a_file(tiny_run, tmp_path):
     merged = tmp_path / "merged"
     result = runner.invoke(app, ["merge", str(tiny_run), "--output", str(merged), "--dtype", "fp32"])
     assert result.exit_code == 0, result.output
-    assert "✓ merged into" in result.output and "logits match base + adapter" in result.output
+    assert "✓ merged into" in result.output and "check: merged fp32 logits" in result.output
+    assert "from base + adapter in fp64, allowed" in result.output
     again = runner.invoke(app, ["merge", str(tiny_run), "--output", str(merged)])
     assert again.exit_code == 2 and "pass --overwrite" in again.output
 
@@ -74,3 +75,24 @@ def test_merge_passes_only_its_own_flag_on(planted_run, monkeypatch, tmp_path):
     runner.invoke(app, ["merge", str(run), "--output", str(tmp_path / "a")])
     runner.invoke(app, ["merge", str(run), "--output", str(tmp_path / "b"), "--trust-remote-code"])
     assert seen == [False, True]
+
+
+def test_the_default_bf16_merge_prints_its_check(tiny_run, tmp_path):
+    result = runner.invoke(app, ["merge", str(tiny_run), "--output", str(tmp_path / "merged")])
+    assert result.exit_code == 0, result.output
+    check = json.loads((tmp_path / "merged" / "qdtool_merge.json").read_text())["check"]
+    line = next(line for line in result.output.splitlines() if line.startswith("  check: "))
+    assert line.startswith(f"  check: merged bf16 logits {100 * check['error']:.2g}% (relative L2) from base + adapter in fp32, "
+                           f"allowed {100 * check['allowed']:.2g}% (4 × the {100 * check['rounding']:.2g}% of the unmerged model in bf16)")
+    assert f"same next token at {check['top1_agreement']:.1%} of {check['positions']} positions" in line
+
+
+def test_a_failing_merge_check_exits_1_and_writes_nothing(tiny_run, tmp_path, monkeypatch):
+    import qdtool.core.merging as merging
+
+    monkeypatch.setattr(merging, "NOISE_FACTOR", 0.0)
+    monkeypatch.setattr(merging, "ERROR_FLOOR", 0.0)
+    result = runner.invoke(app, ["merge", str(tiny_run), "--output", str(tmp_path / "merged")])
+    assert result.exit_code == 1, result.output
+    assert "merge check failed: merged bf16 logits" in result.stderr and "Nothing was written" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "merged").exists()

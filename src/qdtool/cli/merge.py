@@ -22,7 +22,8 @@ def merge(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (from qdtool train).", show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write the merged model. [default: RUN_DIR/merged]", show_default=False)] = None,
-    dtype: Annotated[str, typer.Option(metavar="bf16|fp16|fp32", help="Precision of the merged weights.")] = "bf16",
+    dtype: Annotated[str, typer.Option(
+        metavar="bf16|fp16|fp32", help="Precision of the merged weights (fp16 overflows on Gemma: the check refuses it).")] = "bf16",
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an earlier merge output (kept until the new one is complete).")] = False,
     trust_remote_code: Annotated[bool, typer.Option(
@@ -35,9 +36,7 @@ def merge(
     with user_errors():
         with status("merging") as say:
             result = run(run_dir, output, dtype=dtype, overwrite=overwrite, trust_remote_code=trust_remote_code, progress=say)
-    console.print(
-        f"✓ merged into {result.output_dir} ({result.parameters / 1e6:,.0f}M parameters, {result.dtype}, {result.size_gb:.2f} GB); "
-        f"logits match base + adapter within {result.max_abs_logit_diff:.2g} (tolerance {result.tolerance})",
-        markup=False, soft_wrap=True,
-    )
+    size = f"{result.parameters / 1e6:,.0f}M parameters, {result.dtype}, {result.size_gb:.2f} GB"
+    console.print(f"✓ merged into {result.output_dir} ({size})", markup=False, soft_wrap=True)
+    console.print(f"  check: {result.check.describe(result.dtype)}", markup=False, soft_wrap=True)
     console.print(f"next: qdtool decompose --model {result.output_dir} \"your question\"", markup=False, soft_wrap=True)
