@@ -294,6 +294,6 @@ def test_the_decoding_guard_options_reach_the_generation_settings(monkeypatch):
     assert seen[0] == generation.GenerationSettings(max_sub_questions=3, stop_at_repeat=False, no_repeat_ngram_size=4,
                                                     repetition_penalty=1.2)
     assert runner.invoke(app, ["decompose", "Q?", "--model", "embedded"]).exit_code == 0
-    assert seen[1] == generation.GenerationSettings()  # the defaults: the run's own cap, stop at a repeat, no repetition guard
+    assert seen[1] == generation.GenerationSettings()  # the defaults: the run's own cap, no repeat stop, no repetition guard
     result = runner.invoke(app, ["decompose", "Q?", "--model", "embedded", "--repetition-penalty", "0.9"])
     assert result.exit_code == 2 and "--repetition-penalty" in result.output and len(seen) == 2

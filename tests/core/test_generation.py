@@ -310,9 +310,11 @@ def _answer_text(model, tokenizer, key: str) -> str:
 
 
 def test_a_repeated_step_stops_its_row_only_and_is_dropped(tiny_tokenizer):
+    """--stop-at-repeat (off by default: it cost SARI on val)."""
     tiny_tokenizer.padding_side = "left"
     model = ForcedModel(tiny_tokenizer, LOOPING)
-    results = decompose(Decomposer(model, tiny_tokenizer), QUESTIONS, GenerationSettings(max_new_tokens=120, batch_size=2))
+    settings = GenerationSettings(max_new_tokens=120, batch_size=2, stop_at_repeat=True)
+    results = decompose(Decomposer(model, tiny_tokenizer), QUESTIONS, settings)
     assert results[0].sub_questions == ["When did Aristotle die?", "When was the laptop invented?"]
     assert results[0].raw.endswith("2. When was the laptop invented?\n3. when was the laptop  invented")  # stopped right there
     assert results[1].sub_questions == [step.split(". ", 1)[1] for step in LOOPING["llama"].splitlines()]  # its batch-mate went on
@@ -349,7 +351,8 @@ def test_parsed_steps_are_cut_even_where_generation_did_not_stop(tiny_tokenizer)
     """A model whose generate() ignores the stopping criteria (ScriptedModel): the parse cuts the same way."""
     tiny_tokenizer.padding_side = "left"
     model = ScriptedModel(tiny_tokenizer, LOOPING)
-    results = decompose(Decomposer(model, tiny_tokenizer), QUESTIONS, GenerationSettings(max_new_tokens=200, max_sub_questions=5))
+    settings = GenerationSettings(max_new_tokens=200, max_sub_questions=5, stop_at_repeat=True)
+    results = decompose(Decomposer(model, tiny_tokenizer), QUESTIONS, settings)
     assert [len(r.sub_questions) for r in results] == [2, 5]
     assert results[0].raw.endswith("6. Is #2 before #1?")  # the raw text stays whole
 

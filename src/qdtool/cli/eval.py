@@ -53,7 +53,7 @@ def eval(  # noqa: A001 - the command's name
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation limit per question.")] = 160,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
     max_sub_questions: MaxSubQuestions = None,
-    stop_at_repeat: StopAtRepeat = True,
+    stop_at_repeat: StopAtRepeat = False,
     no_repeat_ngram_size: NoRepeatNgramSize = 0,
     repetition_penalty: RepetitionPenalty = 1.0,
     limit: Annotated[Optional[int], typer.Option(

@@ -56,7 +56,7 @@ def serve(
     model: Model, host: Host = "127.0.0.1", port: Port = 8000, api_key: ApiKey = None, model_name: ModelName = None,
     max_batch: MaxBatch = 16, max_batch_tokens: MaxBatchTokens = 8192, max_wait_ms: MaxWaitMs = 10.0, max_questions: MaxQuestions = 64,
     max_body_bytes: MaxBodyBytes = 1_048_576, max_queue: MaxQueue = 1024, max_new_tokens: MaxNewTokens = 256,
-    max_input_tokens: MaxInputTokens = 1024, max_sub_questions: MaxSubQuestions = None, stop_at_repeat: StopAtRepeat = True,
+    max_input_tokens: MaxInputTokens = 1024, max_sub_questions: MaxSubQuestions = None, stop_at_repeat: StopAtRepeat = False,
     no_repeat_ngram_size: NoRepeatNgramSize = 0, repetition_penalty: RepetitionPenalty = 1.0, device: Device = "auto",
     trust_remote_code: TrustRemoteCode = False, drain_seconds: DrainSeconds = 30.0, access_log: AccessLog = True,
 ) -> None:

@@ -39,7 +39,9 @@ class GenerationSettings:
     # Steps per output at most (generation stops there; 0: no cap); None: the run's longest training
     # decomposition (run_summary.json, qdtool_merge.json), else DEFAULT_MAX_SUB_QUESTIONS.
     max_sub_questions: int | None = None
-    stop_at_repeat: bool = True  # a step equal to an earlier one (normalised) ends the output; the repeat is dropped
+    # A step equal to an earlier one (normalised) ends the output, the repeat dropped. Off: on val it
+    # cost SARI (-0.0026, 95% CI -0.0043 to -0.0012; docs/results.md, bench/decoding_guards.py).
+    stop_at_repeat: bool = False
     no_repeat_ngram_size: int = 0  # tokens; n > 0: no n-gram twice in the answer (the prompt does not count); 0: off
     repetition_penalty: float = 1.0  # > 1: tokens already in the answer get less likely (the prompt does not count); 1.0: off
 
