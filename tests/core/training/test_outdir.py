@@ -103,3 +103,22 @@ def test_the_settings_that_pick_the_adapter_are_part_of_the_run(tiny_model_dir, 
     changed = {"select_by": "sari", "eval_decode_records": 4, "eval_decode_batch": 2, "eval_decode_max_new_tokens": 8}
     with pytest.raises(ConfigError, match=r"differs in: eval_decode_batch, eval_decode_max_new_tokens, eval_decode_records, select_by\)"):
         prepare_output_dir(config.model_copy(update=changed), overwrite=False)
+
+
+def test_a_run_saved_before_a_setting_existed_is_the_same_run_with_its_default(tiny_model_dir, data_file, tmp_path):
+    """An upgrade adds settings: a run_config.yaml without them means their defaults, not a different run."""
+    import yaml
+
+    from qdtool.config import dump_config
+    from qdtool.core.training import prepare_output_dir
+
+    out = tmp_path / "run"
+    config = make_config(tiny_model_dir, data_file, out)
+    (out / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (out / "checkpoints" / "step-0000002" / "trainer_state.json").write_text('{"step": 2}')
+    older = yaml.safe_load(dump_config(config))
+    del older["method"], older["neftune_alpha"]  # fields an older qdtool did not write
+    (out / "run_config.yaml").write_text(yaml.safe_dump(older))
+    assert prepare_output_dir(config, overwrite=False) == out
+    with pytest.raises(ConfigError, match=r"differs in: neftune_alpha\)"):
+        prepare_output_dir(config.model_copy(update={"neftune_alpha": 5.0}), overwrite=False)

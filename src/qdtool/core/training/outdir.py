@@ -47,7 +47,8 @@ def prepare_output_dir(config: TrainConfig, overwrite: bool) -> Path:
             out.lock().close()  # refuses while another train holds the directory
             out.clear()
         elif out.has_trained():  # else nothing there can be resumed or kept: this run's run_config.yaml replaces it
-            saved = yaml.safe_load(out.config.read_text(encoding="utf-8")) or {}
+            # A setting the saved run predates (an older qdtool wrote it) had that setting's default.
+            saved = {**TrainConfig().model_dump(mode="json"), **(yaml.safe_load(out.config.read_text(encoding="utf-8")) or {})}
             now = config.model_dump(mode="json")
             differ = sorted(k for k in set(_comparable(saved)) | set(_comparable(now)) if saved.get(k) != now.get(k))
             if differ:
