@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool import __version__
-from qdtool.cli import decompose, eval, merge, probe_gpu, serve, train, validate_data
+from qdtool.cli import decompose, eval, export, merge, probe_gpu, serve, train, validate_data
 from qdtool.cli._common import exit_on_bug
 
 
@@ -57,6 +57,7 @@ app.command("validate-data", epilog=validate_data.EXAMPLES)(validate_data.valida
 app.command("probe-gpu", epilog=probe_gpu.EXAMPLES)(probe_gpu.probe_gpu)
 app.command("train", epilog=train.EXAMPLES)(train.train)
 app.command("merge", epilog=merge.EXAMPLES)(merge.merge)
+app.command("export", epilog=export.EXAMPLES)(export.export)
 app.command("decompose", epilog=decompose.EXAMPLES)(decompose.decompose)
 app.command("eval", epilog=eval.EXAMPLES)(eval.eval)
 app.command("serve", epilog=serve.EXAMPLES)(serve.serve)
