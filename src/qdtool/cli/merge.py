@@ -21,7 +21,7 @@ Examples:
 def merge(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (from qdtool train).", show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Where to write the merged model. [default: RUN_DIR/merged]", show_default=False)] = None,
+        "--output", "-o", help="Where to write the merged model (default: RUN_DIR/merged).", show_default=False)] = None,
     dtype: Annotated[str, typer.Option(
         metavar="bf16|fp16|fp32", help="Precision of the merged weights (fp16 overflows on Gemma: the check refuses it).")] = "bf16",
     overwrite: Annotated[bool, typer.Option(
