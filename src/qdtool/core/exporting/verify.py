@@ -91,8 +91,8 @@ def load_gguf(path: Path) -> tuple[Any, Any]:
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=str(path), dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=str(path))
+            model = AutoModelForCausalLM.from_pretrained(str(path.resolve().parent), gguf_file=path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(path.resolve().parent), gguf_file=path.name)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
         raise ModelError(f"the exported file does not load back in transformers ({type(exc).__name__}: {exc}); nothing was kept") from exc
     return model.eval(), tokenizer
