@@ -67,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
     args.names = [BASELINE] + [n for n in names if n != BASELINE]
+    args.limit_flags = ["--limit", str(args.limit)] if args.limit else []  # the same references for eval and --compare
     return args
 
 
@@ -97,16 +98,14 @@ def evaluate(run: Path, args: argparse.Namespace) -> dict:
     report = out / "report.json"
     if not report.is_file():
         started = time.perf_counter()
-        limit = ["--limit", str(args.limit)] if args.limit else []
-        _qdtool("eval", "--data", args.data, "--model", str(run), "--output", str(out), *limit)
+        _qdtool("eval", "--data", args.data, "--model", str(run), "--output", str(out), *args.limit_flags)
         (out / "eval_wall_s").write_text(f"{time.perf_counter() - started:.1f}\n", encoding="utf-8")
     return {**json.loads(report.read_text(encoding="utf-8")), "eval_wall_s": float((out / "eval_wall_s").read_text())}
 
 
 def compare(baseline: Path, run: Path, args: argparse.Namespace) -> dict:
     """SARI(run) - SARI(baseline) on the same questions, with its paired bootstrap 95% interval."""
-    limit = ["--limit", str(args.limit)] if args.limit else []
-    printed = _qdtool("eval", "--data", args.data, *limit, "--json", "--compare",
+    printed = _qdtool("eval", "--data", args.data, *args.limit_flags, "--json", "--compare",
                       str(baseline / "eval" / "predictions.jsonl"), str(run / "eval" / "predictions.jsonl"), capture=True).stdout
     difference = json.loads(printed)["sari_difference_vs_first"][1]
     return {"sari_vs_default": difference["mean"], "sari_vs_default_ci95": difference["ci95"]} if difference else {}
