@@ -144,6 +144,21 @@ def test_a_run_without_its_adapter_says_so(tiny_run, tmp_path):
         merge(tiny_run / "adapter", tmp_path / "m")
 
 
+def test_a_full_fine_tuning_run_has_nothing_to_merge(tiny_run, tmp_path):
+    """method full writes model/, not adapter/: merge says so instead of asking to resume training."""
+    run = tmp_path / "full"
+    run.mkdir()
+    saved = (tiny_run / "run_config.yaml").read_text(encoding="utf-8")
+    assert "method: lora" in saved
+    (run / "run_config.yaml").write_text(saved.replace("method: lora", "method: full"), encoding="utf-8")
+    with pytest.raises(UsageError, match=r"full fine-tuning run \(method full\) without model/ yet.*no adapter to merge"):
+        merge(run, tmp_path / "m")
+    (run / "model").mkdir()
+    (run / "model" / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"there is no adapter to merge, .*model is already a standalone model"):
+        merge(run, tmp_path / "m")
+
+
 def test_a_pickle_adapter_is_refused_before_anything_loads(tiny_run, tmp_path, monkeypatch):
     import pickle
     import shutil

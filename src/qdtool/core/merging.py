@@ -306,6 +306,9 @@ def _check_run(run: RunDir) -> None:
         if owner is not None:
             raise UsageError(f"{run} is the adapter of a run; pass the run directory instead: qdtool merge {owner}")
         raise UsageError(f"{run} is not a qdtool run (it has no run_config.yaml); train one with `qdtool train`")
+    refusal = run.merge_refusal()  # a full fine-tuning run: nothing to merge
+    if refusal is not None:
+        raise UsageError(refusal)
     if not run.has_adapter():
         raise UsageError(f"{run} has no adapter/ (adapter/adapter_config.json): the run may not have finished training. "
                          f"Resume it with `{run.resume_command}`")
