@@ -57,7 +57,8 @@ class _Source:
     options: PromptOptions
     name: str  # for file names and general.name
     default_dir: Path
-    merged: bool = False
+    merged: bool = False  # a run's adapter merged by this export (into `spec`, RUN/merged), before the weights load
+    base: str = ""  # that run's base model, checked before the merge
 
 
 def export(model: str, output: str | Path | None = None, *, format: str = "gguf", outtype: str = "f16", ollama: bool = False,
@@ -78,16 +79,17 @@ def export(model: str, output: str | Path | None = None, *, format: str = "gguf"
     _check_choices(format, outtype, language)
     if output is not None and Path(output).suffix != ".gguf":
         raise UsageError(f"--output must name a .gguf file (got {output})")
-    source = _resolve(model, say, check_only=True)
+    source = _resolve(model, say)
     out = Path(output) if output is not None else source.default_dir / f"{source.name}-{outtype}.gguf"
     modelfile = out.with_suffix(".Modelfile") if ollama else None
     _check_output(out, modelfile, overwrite)
     ensure_writable_dir(out.parent)
     remove_stale_temps(out.parent, out.name)
-    source = _resolve(model, say)
-    result = _export(source, out, outtype, say)
+    if source.merged:
+        _merge_first(source, say)
+    result, tokenizer = _export(source, out, outtype, say)
     if modelfile is not None:
-        result.modelfile, result.ollama_name = str(modelfile), _write_modelfile(source, out, modelfile, language)
+        result.modelfile, result.ollama_name = str(modelfile), _write_modelfile(source, tokenizer, out, modelfile, language)
     return result
 
 
@@ -110,10 +112,10 @@ def _check_output(out: Path, modelfile: Path | None, overwrite: bool) -> None:
             raise UsageError(f"{path} already exists; pass --overwrite to replace it, or --output another file")
 
 
-def _resolve(spec: str, say: Progress, *, check_only: bool = False) -> _Source:
-    """What to export: a run's merged model (merged now unless `check_only` or already there), or the spec itself."""
+def _resolve(spec: str, say: Progress) -> _Source:
+    """What to export: a run's merged model (`merged`: still to be merged, by `_merge_first`), or the spec itself."""
     from qdtool.config import load_train_config
-    from qdtool.core.merging import MARKER, merge
+    from qdtool.core.merging import MARKER
     from qdtool.core.modeling import check_available
 
     path = Path(spec)
@@ -122,25 +124,29 @@ def _resolve(spec: str, say: Progress, *, check_only: bool = False) -> _Source:
     if holder is not None:
         raise UsageError(f"{path} is the adapter of a run; pass the run directory instead: qdtool export {holder}")
     if run.is_run() and not (path / "config.json").is_file():
-        options = load_train_config(run.config).prompt_options()
+        config = load_train_config(run.config)
         where = run.path / "gguf"
-        if run.is_full_run() and run.has_model():
-            return _Source(str(run.model), options, run.path.name, where)
+        if config.method == "full" and run.has_model():
+            return _Source(str(run.model), config.prompt_options(), run.path.name, where)
         if (run.merged / MARKER).is_file():
             say(f"exporting the merged model in {run.merged}")
-            return _Source(str(run.merged), options, run.path.name, where)
-        if check_only:
-            return _Source(str(run.merged), options, run.path.name, where, merged=True)
-        architecture(load_train_config(run.config).model, say)  # an unsupported base fails before the merge
-        say(f"merging the adapter first (fp32) into {run.merged}")
-        merged = merge(run.path, None, dtype="fp32", progress=say)
-        return _Source(merged.output_dir, options, run.path.name, where, merged=True)
+            return _Source(str(run.merged), config.prompt_options(), run.path.name, where)
+        return _Source(str(run.merged), config.prompt_options(), run.path.name, where, merged=True, base=config.model)
     check_available(spec, say)
     options = load_train_config(run.config).prompt_options() if run.is_run() else PromptOptions()
     if run.is_run() and RunDir(path.parent).is_run():  # RUN/merged: the file goes beside the run's other exports
         return _Source(spec, options, path.parent.name, path.parent / "gguf")
     name = "gemma-3-270m" if spec.strip() == "embedded" else Path(spec.rstrip("/")).name
     return _Source(spec, options, name, Path("."))
+
+
+def _merge_first(source: _Source, say: Progress) -> None:
+    """Merge the run's adapter into `source.spec` (RUN/merged), in fp32; an unsupported base fails before the merge."""
+    from qdtool.core.merging import merge
+
+    architecture(source.base, say)
+    say(f"merging the adapter first (fp32) into {source.spec}")
+    merge(Path(source.spec).parent, None, dtype="fp32", progress=say)
 
 
 def architecture(spec: str, say: Progress) -> Any:
@@ -162,21 +168,19 @@ def architecture(spec: str, say: Progress) -> Any:
     return architecture_of(config)
 
 
-def _export(source: _Source, out: Path, outtype: str, say: Progress) -> ExportResult:
-    """Load, check, write under a temp name, verify, rename into place."""
+def _export(source: _Source, out: Path, outtype: str, say: Progress) -> tuple[ExportResult, Any]:
+    """Load, check, write under a temp name, verify, rename into place; the result and the source's tokenizer."""
     import torch
 
-    from qdtool.core.exporting.architectures import architecture_of
     from qdtool.core.exporting.gguf_writer import round_like_file, write_gguf
     from qdtool.core.exporting.verify import check_tokenizer, judge, load_gguf, observe
     from qdtool.core.exporting.vocab import vocab_of
     from qdtool.core.files import write_error
     from qdtool.core.modeling import load_model, load_tokenizer
 
-    architecture(source.spec, say)
+    arch = architecture(source.spec, say)  # from the config alone: refused before the weights load
     say(f"loading {source.spec} in float32")
     model = load_model(source.spec, dtype=torch.float32, progress=say)
-    arch = architecture_of(model.config)
     tokenizer = load_tokenizer(source.spec, progress=say)
     vocab = vocab_of(tokenizer, model.get_input_embeddings().weight.shape[0], gemma=arch.gguf == "gemma3")
     say("checking: the model's logits and greedy decompositions on the probe questions")
@@ -205,7 +209,7 @@ def _export(source: _Source, out: Path, outtype: str, say: Progress) -> ExportRe
         str(out), None, source.spec, source.merged, arch.gguf, outtype, out.stat().st_size, len(planned),
         [p.hf_name for p in planned if p.kind != outtype and len(p.shape) > 1], verdict.logit_error, verdict.rounding_noise,
         verdict.file_vs_rounded, verdict.tolerance, verdict.decodes_equal_source, verdict.decodes,
-        round(written - started, 2), round(time.perf_counter() - written, 2))
+        round(written - started, 2), round(time.perf_counter() - written, 2)), tokenizer
 
 
 def _adds_bos(tokenizer: Any, options: PromptOptions) -> bool:
@@ -217,15 +221,13 @@ def _adds_bos(tokenizer: Any, options: PromptOptions) -> bool:
     return bos is not None and encode_prompt(tokenizer, PROBES[0], options)[:1] == [bos]
 
 
-def _write_modelfile(source: _Source, out: Path, path: Path, language: str | None) -> str:
+def _write_modelfile(source: _Source, tokenizer: Any, out: Path, path: Path, language: str | None) -> str:
     """Write the Modelfile beside the GGUF; returns the model name it suggests for `ollama create`."""
     import re
 
     from qdtool.core.exporting.ollama import modelfile, prompt_template, stop_markers
     from qdtool.core.files import write_text_atomic
-    from qdtool.core.modeling import load_tokenizer
 
-    tokenizer = load_tokenizer(source.spec)
     chosen = language or (source.options.language if source.options.language != "auto" else "en")
     name = re.sub(r"[^a-z0-9._-]+", "-", source.name.lower()).strip("-.") or "decomposer"
     template = prompt_template(tokenizer, source.options, chosen)
