@@ -209,15 +209,15 @@ def test_a_read_only_destination_fails_before_the_model_loads(tiny_run, tmp_path
 @pytest.mark.parametrize("chat", [False, True])
 def test_the_check_runs_on_samples_encoded_as_training_encodes_them(tiny_tokenizer, tiny_chat_tokenizer, chat):
     from qdtool.config import TrainConfig
-    from qdtool.core.merging import _PROBES, _probe_batch
+    from qdtool.core.merging import PROBES, probe_batch
     from qdtool.core.prompts import encode_sample
 
     tokenizer = tiny_chat_tokenizer if chat else tiny_tokenizer
     config = TrainConfig(language="ko", instruction="Split it.")
-    batch = _probe_batch(tokenizer, config)
-    rows = [encode_sample(tokenizer, q, ["First step?", "Second step using #1?"], config.prompt_options()).input_ids for q in _PROBES]
+    batch = probe_batch(tokenizer, config.prompt_options())
+    rows = [encode_sample(tokenizer, q, ["First step?", "Second step using #1?"], config.prompt_options()).input_ids for q in PROBES]
     width = max(len(r) for r in rows)
-    assert batch["input_ids"].shape == (len(_PROBES), width)
+    assert batch["input_ids"].shape == (len(PROBES), width)
     for got, mask, row in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), rows, strict=True):
         assert got[: len(row)] == row and mask == [1] * len(row) + [0] * (width - len(row))  # right-padded
 

@@ -32,11 +32,13 @@ NOISE_FACTOR = 4.0
 ERROR_FLOOR = 1e-6
 # Share of positions whose next token may flip beyond NOISE_FACTOR times the flips rounding causes.
 TOP1_SLACK = 0.02
-_PROBES = [
+# The prompts the merge check (and export's check, core/exporting/verify.py) runs the models on.
+PROBES = [
     "Was Aristotle alive when the laptop was invented?",
     "Could a llama birth twice during the War in Vietnam?",
     "세종대왕이 태어났을 때 조선은 건국된 지 100년이 넘었는가?",
 ]
+PROBE_ANSWER = ["First step?", "Second step using #1?"]
 
 Progress = Callable[[str], None]
 
@@ -180,7 +182,7 @@ def _merge_checked(model: Any, tokenizer: Any, config: Any, dtype: str, say: Pro
     """
     import torch
 
-    batch = _probe_batch(tokenizer, config)
+    batch = probe_batch(tokenizer, config.prompt_options())
     mask = batch["attention_mask"].bool()
     reference_dtype = REFERENCE[dtype]
     say(f"checking: base + adapter, unmerged, in {dtype} and in {reference_dtype}")
@@ -314,13 +316,14 @@ def _check_run(run: RunDir) -> None:
                          f"Resume it with `{run.resume_command}`")
 
 
-def _probe_batch(tokenizer: Any, config: Any) -> dict[str, Any]:
-    """Rendered prompts with an answer, as training encodes them (`encode_sample`), right-padded."""
+def probe_batch(tokenizer: Any, options: Any) -> dict[str, Any]:
+    """PROBES rendered with an answer (`options`: the run's PromptOptions), as training encodes them
+    (`encode_sample`), right-padded."""
     import torch
 
     from qdtool.core.prompts import encode_sample
 
-    rows = [encode_sample(tokenizer, q, ["First step?", "Second step using #1?"], config.prompt_options()).input_ids for q in _PROBES]
+    rows = [encode_sample(tokenizer, q, PROBE_ANSWER, options).input_ids for q in PROBES]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return {

@@ -17,15 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qdtool.core.prompts import PromptOptions, encode_prompt, encode_sample
+from qdtool.core.merging import PROBE_ANSWER, PROBES, probe_batch
+from qdtool.core.prompts import PromptOptions, encode_prompt
 from qdtool.errors import ModelError
 
-PROBES = [
-    "Was Aristotle alive when the laptop was invented?",
-    "Could a llama birth twice during the War in Vietnam?",
-    "세종대왕이 태어났을 때 조선은 건국된 지 100년이 넘었는가?",
-]
-_ANSWER = ["First step?", "Second step using #1?"]
 DECODE_TOKENS = 48  # new tokens per greedy decomposition: a few steps, enough to show a different path
 SLACK = 1.5  # the file's logit error may be this multiple of the outtype's own rounding error ...
 FLOOR = 1e-3  # ... plus this (float32 arithmetic in another order)
@@ -49,19 +44,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.logit_error <= self.tolerance
-
-
-def probe_batch(tokenizer: Any, options: PromptOptions) -> dict[str, Any]:
-    """Rendered prompts with an answer, as training encodes them (`encode_sample`), right-padded."""
-    import torch
-
-    rows = [encode_sample(tokenizer, q, _ANSWER, options).input_ids for q in PROBES]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return {
-        "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
-        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
-    }
 
 
 def observe(model: Any, tokenizer: Any, options: PromptOptions) -> Observation:
@@ -110,7 +92,7 @@ def check_tokenizer(source: Any, exported: Any, options: PromptOptions) -> None:
             at = next((i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), min(len(want), len(got)))
             raise ModelError(f"the exported tokenizer encodes the prompt of {question!r} differently from the model's "
                              f"(first at token {at}: {want[at:at + 3]} vs {got[at:at + 3]}); nothing was kept")
-    answer = "\n".join(_ANSWER)
+    answer = "\n".join(PROBE_ANSWER)
     if source(answer, add_special_tokens=False)["input_ids"] != exported(answer, add_special_tokens=False)["input_ids"]:
         raise ModelError("the exported tokenizer encodes an answer differently from the model's; nothing was kept")
 
