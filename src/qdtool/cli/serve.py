@@ -68,7 +68,8 @@ def serve(
     with user_errors():
         sock = _bind(host, port)  # before the model loads: a port in use fails in a second, not after the load
         try:
-            generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=max_batch, max_input_tokens=max_input_tokens,
+            # batch_size: Service decodes each batch (--max-batch) in one generate() call
+            generation = GenerationSettings(max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
                                             max_sub_questions=max_sub_questions, stop_at_repeat=stop_at_repeat,
                                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
             settings = ServeSettings(model_name or default_model_name(model), api_key or None, max_batch, max_batch_tokens,

@@ -143,12 +143,9 @@ class Batcher:
             except asyncio.TimeoutError:
                 break
         batch: list[_Item] = []
-        while self._pending and len(batch) < self.max_batch:
-            item = self._pending[0]
-            if item.future.done():  # its client went away
-                self._pending.popleft()
-                continue
-            longest = max([item.tokens, *(i.tokens for i in batch)])
+        longest = 0
+        while self._live() and len(batch) < self.max_batch:  # _live drops the questions whose client went away
+            longest = max(longest, self._pending[0].tokens)
             if batch and longest * (len(batch) + 1) > self.max_batch_tokens:
                 break
             batch.append(self._pending.popleft())

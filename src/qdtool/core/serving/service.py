@@ -98,7 +98,7 @@ class Service:
             raise ApiError(503, f"the server is busy: {exc}; retry in a moment", "server_error", code="overloaded",
                            headers={"Retry-After": "1"}) from None
         except Stopped as exc:
-            raise ApiError(503, str(exc), "server_error", code="shutting_down") from None
+            raise _decoding_error(exc) from None
         outcomes = await _answers(request, futures)
         return Decoded([o.result for o in outcomes], sum(tokens), max(o.batch_size for o in outcomes))
 
