@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 from qdtool.core.cards import EXAMPLE_QUESTION, adapter_card, record_base_model
 from qdtool.core.files import WriteError, atomic_dir, write_json_atomic
@@ -81,38 +83,41 @@ def _longest_decomposition(run: Run) -> int | None:
 
 
 def _save_adapter(run: Run, result: TrainResult, whole: dict) -> None:
-    from qdtool.core import checkpoint
+    def fill(tmp: Path) -> None:
+        run.model.save_pretrained(str(tmp), **whole)
+        run.tokenizer.save_pretrained(str(tmp))
+        record_base_model(tmp, run.config)  # not this machine's cache path
+        (tmp / "README.md").write_text(adapter_card(run.out.path, run.config, result, run.data_files), encoding="utf-8")  # not PEFT's
 
-    out = run.out
-    try:
-        with atomic_dir(out.adapter) as tmp:  # a kill or a full disk leaves no half adapter
-            run.model.save_pretrained(str(tmp), **whole)
-            run.tokenizer.save_pretrained(str(tmp))
-            record_base_model(tmp, run.config)  # not this machine's cache path
-            (tmp / "README.md").write_text(adapter_card(out.path, run.config, result, run.data_files), encoding="utf-8")  # not PEFT's
-    except WriteError as exc:
-        kept = checkpoint.latest_checkpoint(out.checkpoints)
-        again = f"resumes from {kept}" if kept else "trains it again (no checkpoint was due before the end)"
-        raise TrainingError(f"{exc}. The adapter was not written; once there is room, the same command {again}") from None
+    _write_whole(run, run.out.adapter, "adapter", fill)
 
 
 def _save_model(run: Run, result: TrainResult, whole: dict) -> None:
     """Method full: the model itself, with the best evaluation's weights, as a standalone model dir (safetensors)."""
-    from qdtool.core import checkpoint
-
-    out, model = run.out, run.model
+    model = run.model
     if "state_dict" in whole:  # the best step's trainable weights, over the last step's: the run is over
         model.load_state_dict(whole["state_dict"], strict=False)
     model.config.use_cache = True  # switched off for training; generation wants it
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))  # safetensors: the only format transformers 5 writes
+        run.tokenizer.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(_model_card(run, result), encoding="utf-8")
+
+    _write_whole(run, run.out.model, "model", fill)
+
+
+def _write_whole(run: Run, path: Path, what: str, fill: Callable[[Path], None]) -> None:
+    """`fill` a temp dir that replaces `path` whole (a kill or a full disk leaves no half one); a failed write says how to get it."""
+    from qdtool.core import checkpoint
+
     try:
-        with atomic_dir(out.model) as tmp:  # a kill or a full disk leaves no half model
-            model.save_pretrained(str(tmp))  # safetensors: the only format transformers 5 writes
-            run.tokenizer.save_pretrained(str(tmp))
-            (tmp / "README.md").write_text(_model_card(run, result), encoding="utf-8")
+        with atomic_dir(path) as tmp:
+            fill(tmp)
     except WriteError as exc:
-        kept = checkpoint.latest_checkpoint(out.checkpoints)
+        kept = checkpoint.latest_checkpoint(run.out.checkpoints)
         again = f"resumes from {kept}" if kept else "trains it again (no checkpoint was due before the end)"
-        raise TrainingError(f"{exc}. The model was not written; once there is room, the same command {again}") from None
+        raise TrainingError(f"{exc}. The {what} was not written; once there is room, the same command {again}") from None
 
 
 def _model_card(run: Run, result: TrainResult) -> str:
