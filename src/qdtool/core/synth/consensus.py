@@ -1,10 +1,12 @@
 """Which of a teacher's candidate decompositions to keep: only valid ones, the one the others agree with most.
 
 A candidate is valid when it passes validate-data's own checks (`data.check_record`: a non-empty
-list of non-blank steps, `#k` only to earlier steps, no step equal to the question) and has at most
-`max_steps` steps. Among the valid ones, each is scored by its mean SARI (`metrics.sari`, the
-question as the source) against every other valid candidate as the reference; the highest wins
-(the first on a tie), and that mean is the question's agreement.
+list of non-blank steps, `#k` only to earlier steps, no step equal to the question), has at most
+`max_steps` steps, and asks nothing twice (validate-data warns of a repeated step; in a teacher's
+answer it means the teacher looped, so such a candidate is not kept: `prompts.first_repeat`).
+Among the valid ones, each is scored by its mean SARI (`metrics.sari`, the question as the source)
+against every other valid candidate as the reference; the highest wins (the first on a tie), and
+that mean is the question's agreement.
 
 One valid candidate has nothing to agree with: with one sample asked for (`samples == 1`) its
 agreement is 1.0 by definition (no consensus was asked for); when more were asked for and the rest
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 from qdtool.core.data import check_record
 from qdtool.core.metrics import join_steps, sari
+from qdtool.core.prompts import first_repeat
 
 # Why a question is dropped (the "reason" of FILE.dropped.jsonl).
 NO_VALID = "no_valid_candidate"
@@ -47,7 +50,11 @@ def check_candidate(question: str, raw: str, sub_questions: Sequence[str], max_s
     if 0 < max_steps < len(steps):
         return Candidate(raw, steps, [f"{len(steps)} steps, more than the {max_steps} allowed (--max-steps)"])
     _, problems = check_record({"question": question, "sub_questions": steps}, "candidate")
-    return Candidate(raw, steps, [p.message for p in problems if p.severity == "error"])
+    found = [p.message for p in problems if p.severity == "error"]
+    repeat = first_repeat(steps)
+    if repeat is not None:
+        found.append(f"step {repeat + 1} repeats an earlier step")
+    return Candidate(raw, steps, found)
 
 
 def agreement_scores(question: str, candidates: Sequence[Sequence[str]]) -> list[float]:
