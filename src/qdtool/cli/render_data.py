@@ -26,15 +26,19 @@ def render_report(console: Console, report: ValidationReport) -> None:
 
 def _render_file(console: Console, file_report: FileReport) -> None:
     result = file_report.result
-    console.print(Text(f"{result.path}", style="bold"), Text(f"({result.format}, {len(result.records):,} usable records)", style="dim"))
+    console.print(Text(f"{result.path}", style="bold"), Text(f"({result.format}, {result.records:,} usable records)", style="dim"))
     for problem in result.problems:
         label = Text("error  ", style="bold red") if problem.severity == "error" else Text("warning", style="yellow")
         console.print(Text.assemble("  ", label, " ", str(problem)), soft_wrap=True)
+    if result.not_listed:
+        shown = len(result.problems)
+        console.print(Text(f"  ... and {result.not_listed:,} more problem(s), counted but not listed (the first {shown:,} are)",
+                           style="dim"), soft_wrap=True)
     if result.records:
         console.print(_stats_table(file_report.stats))
-    n_err, n_warn = len(result.errors), len(result.warnings)
+    n_err, n_warn = result.error_count, result.warning_count
     if file_report.ok:
-        console.print(Text.assemble(("✓ valid", "bold green"), f": {len(result.records):,} records, {n_warn} warning(s)"))
+        console.print(Text.assemble(("✓ valid", "bold green"), f": {result.records:,} records, {n_warn} warning(s)"))
     elif file_report.failed_by_strict:
         console.print(Text.assemble(("✗ failed under --strict", "bold red"), f": {n_warn} warning(s)", _strict_hint(True)), soft_wrap=True)
     else:

@@ -1,11 +1,15 @@
-"""Statistics of a dataset: sizes, step counts, language mix and token lengths."""
+"""Statistics of a dataset: sizes, step counts, language mix and token lengths.
+
+Built one record at a time (`StatsBuilder`, `TokenStatsBuilder`) from histograms of lengths, so a
+dataset of any size costs the memory of its distinct lengths, and the percentiles are still exact.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,6 +18,7 @@ from qdtool.core.prompts import HANGUL as _HANGUL
 from qdtool.core.prompts import PromptOptions
 
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
+_ASCII_LETTERS = re.compile(r"[A-Za-z]")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -21,6 +26,17 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def percentile_of_counts(counts: Mapping[float, int], q: float) -> float:
+    """`percentile` of the values that `counts` ({value: how many times}) stands for."""
+    rank = max(1, math.ceil(q / 100 * sum(counts.values())))
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen >= rank:
+            return value
+    raise ValueError("no values")
 
 
 @dataclass
@@ -33,9 +49,15 @@ class Summary:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Summary | None:
-        if not values:
+        return cls.of_counts(Counter(values))
+
+    @classmethod
+    def of_counts(cls, counts: Mapping[float, int]) -> Summary | None:
+        total = sum(counts.values())
+        if not total:
             return None
-        return cls(min(values), sum(values) / len(values), percentile(values, 50), percentile(values, 95), max(values))
+        mean = sum(v * n for v, n in counts.items()) / total
+        return cls(min(counts), mean, percentile_of_counts(counts, 50), percentile_of_counts(counts, 95), max(counts))
 
 
 @dataclass
@@ -66,43 +88,87 @@ class DatasetStats:
         return asdict(self)
 
 
-def dataset_stats(records: Sequence[Record]) -> DatasetStats:
-    steps = [len(r.sub_questions) for r in records]
-    hangul = latin = 0
-    for r in records:
-        for text in (r.question, *r.sub_questions):
-            hangul += len(_HANGUL.findall(text))
-            latin += len(_LATIN.findall(text))
-    letters = hangul + latin
-    return DatasetStats(
-        records=len(records),
-        steps=Summary.of(steps),
-        steps_histogram=dict(sorted(Counter(steps).items())),
-        question_chars=Summary.of([len(r.question) for r in records]),
-        step_chars=Summary.of([len(s) for r in records for s in r.sub_questions]),
-        hangul_share=hangul / letters if letters else 0.0,
-        latin_share=latin / letters if letters else 0.0,
-        korean_records=sum(1 for r in records if _HANGUL.search(r.question)),
-    )
+class StatsBuilder:
+    """DatasetStats of the records added so far; keeps counts and histograms of lengths, not the records."""
+
+    def __init__(self) -> None:
+        self.records = self.hangul = self.latin = self.korean = 0
+        self.steps: Counter[int] = Counter()
+        self.question_chars: Counter[int] = Counter()
+        self.step_chars: Counter[int] = Counter()
+
+    def add(self, record: Record) -> None:
+        self.records += 1
+        self.steps[len(record.sub_questions)] += 1
+        self.question_chars[len(record.question)] += 1
+        self.step_chars.update(len(s) for s in record.sub_questions)
+        if _HANGUL.search(record.question):
+            self.korean += 1
+        for text in (record.question, *record.sub_questions):
+            if text.isascii():  # most text: no Hangul, and the Latin letters are A-Z a-z
+                self.latin += len(_ASCII_LETTERS.findall(text))
+            else:
+                self.hangul += len(_HANGUL.findall(text))
+                self.latin += len(_LATIN.findall(text))
+
+    def result(self) -> DatasetStats:
+        letters = self.hangul + self.latin
+        return DatasetStats(
+            records=self.records,
+            steps=Summary.of_counts(self.steps),
+            steps_histogram=dict(sorted(self.steps.items())),
+            question_chars=Summary.of_counts(self.question_chars),
+            step_chars=Summary.of_counts(self.step_chars),
+            hangul_share=self.hangul / letters if letters else 0.0,
+            latin_share=self.latin / letters if letters else 0.0,
+            korean_records=self.korean,
+        )
 
 
-def token_stats(records: Sequence[Record], tokenizer: Any, model_name: str, prompt: PromptOptions = PromptOptions()) -> TokenStats | None:
+def dataset_stats(records: Iterable[Record]) -> DatasetStats:
+    builder = StatsBuilder()
+    for record in records:
+        builder.add(record)
+    return builder.result()
+
+
+class TokenStatsBuilder:
+    """TokenStats of the records added so far, each rendered and encoded exactly as `train` will (histograms, not samples)."""
+
+    def __init__(self, tokenizer: Any, model_name: str, prompt: PromptOptions = PromptOptions()) -> None:
+        self.tokenizer, self.model_name, self.prompt = tokenizer, model_name, prompt
+        self.lengths: Counter[int] = Counter()
+        self.prompt_tokens = self.answer_tokens = 0
+
+    def add(self, record: Record) -> None:
+        from qdtool.core.prompts import encode_sample
+
+        encoded = encode_sample(self.tokenizer, record.question, record.sub_questions, self.prompt)
+        self.lengths[len(encoded)] += 1
+        self.prompt_tokens += encoded.prompt_len
+        self.answer_tokens += len(encoded) - encoded.prompt_len
+
+    def result(self) -> TokenStats | None:
+        from qdtool.core.prompts import uses_chat_template
+
+        n = sum(self.lengths.values())
+        if not n:
+            return None
+        return TokenStats(
+            model=self.model_name,
+            template="chat" if uses_chat_template(self.tokenizer, self.prompt.template) else "plain",
+            p50=int(percentile_of_counts(self.lengths, 50)),
+            p95=int(percentile_of_counts(self.lengths, 95)),
+            p99=int(percentile_of_counts(self.lengths, 99)),
+            max=max(self.lengths),
+            mean_prompt=self.prompt_tokens / n,
+            mean_answer=self.answer_tokens / n,
+        )
+
+
+def token_stats(records: Iterable[Record], tokenizer: Any, model_name: str, prompt: PromptOptions = PromptOptions()) -> TokenStats | None:
     """Token lengths of the rendered training samples, exactly as `train` will build them."""
-    from qdtool.core.prompts import encode_sample, uses_chat_template
-
-    if not records:
-        return None
-    encoded = [encode_sample(tokenizer, r.question, r.sub_questions, prompt) for r in records]
-    lengths = [len(e) for e in encoded]
-    prompts = [e.prompt_len for e in encoded]
-    chat = uses_chat_template(tokenizer, prompt.template)
-    return TokenStats(
-        model=model_name,
-        template="chat" if chat else "plain",
-        p50=int(percentile(lengths, 50)),
-        p95=int(percentile(lengths, 95)),
-        p99=int(percentile(lengths, 99)),
-        max=max(lengths),
-        mean_prompt=sum(prompts) / len(prompts),
-        mean_answer=sum(n - p for n, p in zip(lengths, prompts, strict=True)) / len(lengths),
-    )
+    builder = TokenStatsBuilder(tokenizer, model_name, prompt)
+    for record in records:
+        builder.add(record)
+    return builder.result()

@@ -220,31 +220,41 @@ class Decomposition:
         return row
 
 
-def read_questions(path: str | Path, text: str | bytes | None = None) -> list[dict[str, Any]]:
-    """Questions from JSONL / a JSON array of records (each with "question"), or plain lines.
+def read_questions(path: str | Path, text: str | bytes | None = None, *, question_field: str | None = None) -> list[dict[str, Any]]:
+    """Questions from JSONL / a JSON array of records (each with "question"), plain lines, or a table
+    or dataset with a question column (CSV, TSV, Parquet, a save_to_disk directory, hf://datasets/NAME[:SPLIT]).
 
     `path` "-" reads `text` (stdin's content; bytes, so that undecodable input gets a located
-    message). Fields other than "question" are kept.
+    message). Fields other than the question are kept. `question_field` names the field (column)
+    that holds the question (default "question"); each row returned has it as "question".
 
     Raises:
-        UsageError: the file is missing, a directory or not a regular file.
-        DataError: the input is empty, not UTF-8 or not JSON, or a record has no question; every
-            such line is listed.
+        UsageError: the file is missing, a directory holding no saved dataset, or not a regular file.
+        DataError: the input is empty, not UTF-8 or not JSON, a table has no such column, or a record
+            has no question; every such line is listed.
     """
-    from qdtool.core.data import Problem, problems_error, read_json_rows
+    from qdtool.core.problems import Problem, problems_error
+    from qdtool.core.sources import open_rows
 
-    source = read_json_rows(path, text, what="questions", plain_lines=True)
+    field = question_field or "question"
+    source = open_rows(path, text, what="questions", needs=(field,), plain_lines=True)
     problems = list(source.problems)
     questions = []
     for number, row in enumerate(source.rows, start=1):
         if row.problem is not None:
             problems.append(row.problem)
             continue
-        value = {"question": row.value} if source.format == "lines" else row.value
-        if not isinstance(value, dict) or not isinstance(value.get("question"), str) or not value["question"].strip():
-            problems.append(Problem(row.location, f'record {number} has no "question" string', line=row.line))
-        else:
+        if source.format == "lines":
+            questions.append({"question": row.value})
+            continue
+        value = row.value
+        question = value.get(field) if isinstance(value, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            problems.append(Problem(row.location, f'record {number} has no "{field}" string', line=row.line))
+        elif field == "question":
             questions.append(value)
+        else:  # the mapped column becomes "question"; a column already called so would be overwritten by it
+            questions.append({**{k: v for k, v in value.items() if k not in (field, "question")}, "question": question})
     if problems:
         raise problems_error("<stdin>" if str(path) == "-" else str(path), problems)
     return questions

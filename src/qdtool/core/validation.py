@@ -1,4 +1,10 @@
-"""`validate-data`: check dataset files, find train/eval leakage, and describe the data."""
+"""`validate-data`: check dataset files, find train/eval leakage, and describe the data.
+
+Each file streams through once: its records are checked, counted into histograms and tokenized as
+they are read, and dropped. What stays per record is a 16-byte digest of its question and the
+place it came from (the duplicate check, and the index of each --against file): about 150 bytes a
+record. Problems are counted in full but listed up to MAX_LISTED_PROBLEMS per file.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,61 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qdtool.core.data import LoadResult, Problem, find_leaks, load_records
-from qdtool.core.datastats import DatasetStats, dataset_stats, token_stats
+from qdtool.core.data import DEFAULT_FIELDS, Fields, Problem, RecordSource, iter_records, question_digest
+from qdtool.core.datastats import DatasetStats, StatsBuilder, TokenStatsBuilder
+from qdtool.core.jsonrows import JsonFile
 from qdtool.core.modeling import Progress
 from qdtool.core.prompts import PromptOptions
+
+MAX_LISTED_PROBLEMS = 10_000  # per file; the counts stay exact beyond it
+
+
+@dataclass
+class FileScan:
+    """What validation keeps of one file: counts, the first MAX_LISTED_PROBLEMS problems, not the records."""
+
+    path: str
+    format: str
+    records: int = 0  # usable records
+    problems: list[Problem] = field(default_factory=list)
+    error_count: int = 0
+    warning_count: int = 0
+
+    def add(self, problem: Problem) -> None:
+        if problem.severity == "error":
+            self.error_count += 1
+        else:
+            self.warning_count += 1
+        if len(self.problems) < MAX_LISTED_PROBLEMS:
+            self.problems.append(problem)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def not_listed(self) -> int:
+        """Problems counted but not kept in `problems`."""
+        return self.error_count + self.warning_count - len(self.problems)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
 
 
 @dataclass
 class FileReport:
-    result: LoadResult
+    result: FileScan
     stats: DatasetStats
     strict: bool = False  # warnings count as errors
 
     @property
     def ok(self) -> bool:
-        return self.result.ok and not (self.strict and self.result.warnings)
+        return self.result.ok and not (self.strict and self.result.warning_count)
 
     @property
     def failed_by_strict(self) -> bool:
@@ -31,18 +77,19 @@ class FileReport:
     @property
     def reason(self) -> str | None:
         """Why the file failed, in a few words; None when it passed."""
-        return None if self.ok else _reason(len(self.result.errors), len(self.result.warnings), self.strict)
+        return None if self.ok else _reason(self.result.error_count, self.result.warning_count, self.strict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": str(self.result.path),
+            "path": self.result.path,
             "format": self.result.format,
             "valid": self.ok,
             "strict": self.strict,
             "reason": self.reason,
-            "records": len(self.result.records),
+            "records": self.result.records,
             "errors": [p.to_dict() for p in self.result.errors],
             "warnings": [p.to_dict() for p in self.result.warnings],
+            "problems_not_listed": self.result.not_listed,
             "stats": self.stats.to_dict(),
         }
 
@@ -58,11 +105,11 @@ class ValidationReport:
 
     @property
     def errors(self) -> int:
-        return sum(len(f.result.errors) for f in self.files)
+        return sum(f.result.error_count for f in self.files)
 
     @property
     def warnings(self) -> int:
-        return sum(len(f.result.warnings) for f in self.files)
+        return sum(f.result.warning_count for f in self.files)
 
     @property
     def failed_by_strict(self) -> bool:
@@ -99,33 +146,82 @@ def validate_data(
     strict: bool = False,
     progress: Progress | None = None,
     prompt: PromptOptions = PromptOptions(),
+    fields: Fields = DEFAULT_FIELDS,
 ) -> ValidationReport:
-    """Check every file, report leakage against `against`, and add token lengths if `model` is given.
+    """Check every source, report leakage against `against`, and add token lengths if `model` is given.
 
-    With `strict`, a file with warnings fails: its report says valid false and why.
+    With `strict`, a file with warnings fails: its report says valid false and why. `fields` maps
+    the question and steps columns, in every file and `against` file alike.
 
     Raises:
         UsageError: a file (or an `against` file) is missing or unreadable.
         ModelError: `model` cannot be loaded.
     """
-    results = [load_records(p) for p in paths]
-    others = [load_records(p) for p in against]
-    for result in results:
-        for other in others:
-            if other.path.resolve() != result.path.resolve():
-                result.problems += find_leaks(result.records, other.records, str(other.path))
+    sources = [iter_records(p, fields=fields) for p in paths]  # opened first: a missing file fails before anything loads
+    indexes = [_LeakIndex(p, fields) for p in against]
     tokenizer = None
     if model is not None:
         from qdtool.core.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code, progress=progress)
     report = ValidationReport(strict=strict)
-    for result in results:
-        stats = dataset_stats(result.records)
-        if tokenizer is not None:
-            stats.tokens = token_stats(result.records, tokenizer, model, prompt)
-        report.files.append(FileReport(result, stats, strict=strict))
+    for path, source in zip(paths, sources, strict=True):
+        others = [index for index in indexes if index.identity != _identity(path)]  # a file is never compared with itself
+        tokens = TokenStatsBuilder(tokenizer, model, prompt) if tokenizer is not None else None
+        report.files.append(_scan(source, others, tokens, strict))
     return report
 
 
-__all__ = ["FileReport", "Problem", "ValidationReport", "validate_data"]
+def _scan(source: RecordSource, others: list[_LeakIndex], tokens: TokenStatsBuilder | None, strict: bool) -> FileReport:
+    scan = FileScan(source.name, source.format)
+    stats = StatsBuilder()
+    leaks: list[Problem] = []  # listed after the file's other problems, as they are found after them
+    for problem in source.problems:
+        scan.add(problem)
+    for _, record, found in source:
+        for problem in found:
+            scan.add(problem)
+        if record is None:
+            continue
+        scan.records += 1
+        stats.add(record)
+        if tokens is not None:
+            tokens.add(record)
+        if others:
+            digest = question_digest(record.question)
+            for other in others:
+                place = other.places.get(digest)
+                if place is None:
+                    continue
+                if len(leaks) < MAX_LISTED_PROBLEMS:
+                    leaks.append(Problem(record.location, f"also in {other.rows.locate(place)} (train/eval leakage)", "error", "question"))
+                else:  # counted, not listed: the list stays bounded
+                    scan.error_count += 1
+    for leak in leaks:
+        scan.add(leak)
+    result = stats.result()
+    result.tokens = tokens.result() if tokens is not None else None
+    return FileReport(scan, result, strict=strict)
+
+
+class _LeakIndex:
+    """The questions of an --against file: digest -> place (the last, where a question repeats)."""
+
+    def __init__(self, path: str | Path, fields: Fields) -> None:
+        source = iter_records(path, fields=fields)
+        self.identity = _identity(path)
+        self.rows: JsonFile = source.rows
+        self.places: dict[bytes, int] = {}
+        for row, record, _ in source:
+            if record is not None:
+                self.places[question_digest(record.question)] = row.place
+
+
+def _identity(path: str | Path) -> str:
+    from qdtool.core.sources import is_hub
+
+    spec = str(path)
+    return spec if is_hub(spec) else str(Path(spec).resolve())
+
+
+__all__ = ["FileReport", "FileScan", "Problem", "ValidationReport", "validate_data"]
