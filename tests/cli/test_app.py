@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "qdtool"
 
 def test_registered_commands_are_exactly_the_working_ones():
     names = sorted(cmd.name for cmd in app.registered_commands)
-    assert names == ["decompose", "eval", "export", "merge", "probe-gpu", "serve", "train", "validate-data"]
+    assert names == ["decompose", "eval", "export", "merge", "probe-gpu", "serve", "synth", "train", "validate-data"]
 
 
 def test_version_and_help():

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool import __version__
-from qdtool.cli import decompose, eval, export, merge, probe_gpu, serve, train, validate_data
+from qdtool.cli import decompose, eval, export, merge, probe_gpu, serve, synth, train, validate_data
 from qdtool.cli._common import exit_on_bug
 
 
@@ -61,6 +61,7 @@ app.command("export", epilog=export.EXAMPLES)(export.export)
 app.command("decompose", epilog=decompose.EXAMPLES)(decompose.decompose)
 app.command("eval", epilog=eval.EXAMPLES)(eval.eval)
 app.command("serve", epilog=serve.EXAMPLES)(serve.serve)
+app.command("synth", epilog=synth.EXAMPLES)(synth.synth)
 
 
 def main() -> None:
