@@ -9,9 +9,9 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from qdtool.errors import ConfigError
 
@@ -35,6 +35,9 @@ def cache_dir() -> Path:
 # Training configuration
 # ---------------------------------------------------------------------------------------------
 
+# A data source as written: a path, or hf://datasets/NAME[:SPLIT], which a Path would fold to "hf:/".
+DataSpec = Annotated[str, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)]
+
 
 class TrainConfig(BaseModel):
     """Everything a training run needs; written next to the adapter as run_config.yaml."""
@@ -43,8 +46,13 @@ class TrainConfig(BaseModel):
 
     # what to train
     model: str = Field("embedded", description="Base model: 'embedded', a local directory or a hub id.")
-    data: Path | None = Field(None, description="Training data (JSON/JSONL); default: the bundled examples.")
-    eval_data: Path | None = Field(None, description="Evaluation data; default: a seeded hold-out of the training data.")
+    data: DataSpec | None = Field(
+        None, description="Training data: a JSON/JSONL/CSV/TSV/Parquet file, a save_to_disk dir or hf://datasets/NAME[:SPLIT]; "
+        "default: the bundled examples.")
+    eval_data: DataSpec | None = Field(None, description="Evaluation data (as data); default: a seeded hold-out of the training data.")
+    question_field: str = Field("question", min_length=1, description="The field (column) of data and eval_data that holds the question.")
+    steps_field: str = Field("sub_questions", min_length=1, description="The field (column) of data and eval_data that holds the "
+                             "sub-questions: a list, or text split by lines or '1. ... 2. ...'.")
     eval_split: float = Field(0.05, gt=0, lt=0.5, description="Share of the training data held out when there is no eval_data.")
     eval_max_records: int = Field(200, ge=1, description="At most this many held-out records.")
     output_dir: Path | None = Field(None, description="Run directory; default runs/<model>-<data>.")

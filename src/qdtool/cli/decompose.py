@@ -24,6 +24,8 @@ Examples:
 
   cat questions.txt | qdtool decompose --input - --format jsonl
 
+  qdtool decompose --input questions.csv --question-field q --output out.jsonl
+
 With --output, each result is appended as soon as it is done; after Ctrl-C (or a crash) the same
 command continues, skipping the questions already in the file (matched by "id", else by text).
 
@@ -51,7 +53,11 @@ def decompose(
     question: Annotated[Optional[str], typer.Argument(
         metavar="QUESTION", help="One question (or use --input).", show_default=False)] = None,
     input: Annotated[Optional[str], typer.Option(
-        "--input", "-i", metavar="FILE|-", help="JSONL / JSON records with \"question\", or plain lines; - reads stdin.")] = None,
+        "--input", "-i", metavar="FILE|-",
+        help="JSONL / JSON records with \"question\", plain lines (.txt), a CSV/TSV/Parquet table, a save_to_disk dir or "
+        "hf://datasets/NAME[:SPLIT]; - reads stdin (JSON or lines).")] = None,
+    question_field: Annotated[Optional[str], typer.Option(
+        metavar="COLUMN", show_default=False, help="The field (column) of --input that holds the question [default: question].")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o",
         help="Append JSONL results here as they finish (input fields such as id are kept); "
@@ -84,7 +90,7 @@ def decompose(
     sink = None
     try:
         with user_errors():
-            rows = _read_rows(question, input, format, num_return_sequences, temperature)
+            rows = _read_rows(question, input, format, num_return_sequences, temperature, question_field)
             settings = GenerationSettings(max_new_tokens, temperature, top_p, num_return_sequences, batch_size, max_input_tokens,
                                           max_sub_questions, stop_at_repeat, no_repeat_ngram_size, repetition_penalty)
             numbers = list(range(1, len(rows) + 1))  # each row's place in the input, for messages
@@ -107,7 +113,8 @@ def decompose(
     _summarize(results, sink, output, format)
 
 
-def _read_rows(question: str | None, input: str | None, format: str, num_return_sequences: int, temperature: float) -> list[dict]:
+def _read_rows(question: str | None, input: str | None, format: str, num_return_sequences: int, temperature: float,
+               question_field: str | None = None) -> list[dict]:
     """Check the options that need no model, then read the questions (from QUESTION, a file or stdin)."""
     from qdtool.core.generation import read_questions
 
@@ -121,7 +128,7 @@ def _read_rows(question: str | None, input: str | None, format: str, num_return_
         raise UsageError("--num-return-sequences > 1 needs sampling: add --temperature 0.7 (for example)")
     if question is not None:
         return [{"question": question}]
-    return read_questions(input, sys.stdin.buffer.read() if input == "-" else None)
+    return read_questions(input, sys.stdin.buffer.read() if input == "-" else None, question_field=question_field)
 
 
 def _skip_done(sink, rows: list[dict], output: Path) -> tuple[list[dict], list[int]]:

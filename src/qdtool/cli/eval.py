@@ -10,6 +10,7 @@ import typer
 
 from qdtool.cli._common import console, err_console, quiet_libraries, status, user_errors
 from qdtool.cli.decompose import MaxSubQuestions, NoRepeatNgramSize, RepetitionPenalty, StopAtRepeat
+from qdtool.cli.validate_data import QuestionField, StepsField
 from qdtool.errors import UsageError
 
 EXAMPLES = """
@@ -24,6 +25,8 @@ Examples:
   qdtool eval --data refs.jsonl --model embedded --shots 3 --json
 
   qdtool eval --data examples/data/strategyqa_val.jsonl --model embedded --limit 8    # a quick look
+
+  qdtool eval --data refs.parquet --question-field q --steps-field decomp --predictions preds.jsonl
 """
 
 _ROWS = [
@@ -36,7 +39,8 @@ _ROWS = [
 
 
 def eval(  # noqa: A001 - the command's name
-    data: Annotated[Path, typer.Option("--data", "-d", help="Reference decompositions (JSON/JSONL records).")],
+    data: Annotated[str, typer.Option(
+        "--data", "-d", help="Reference decompositions: JSON, JSONL, CSV, TSV, Parquet, a save_to_disk dir or hf://datasets/NAME[:SPLIT].")],
     sources: Annotated[Optional[list[str]], typer.Argument(
         metavar="[SOURCE]...", help="With --compare: run dirs, models or prediction files.", show_default=False)] = None,
     predictions: Annotated[Optional[Path], typer.Option(
@@ -56,12 +60,14 @@ def eval(  # noqa: A001 - the command's name
     stop_at_repeat: StopAtRepeat = False,
     no_repeat_ngram_size: NoRepeatNgramSize = 0,
     repetition_penalty: RepetitionPenalty = 1.0,
+    question_field: QuestionField = None,
+    steps_field: StepsField = None,
     limit: Annotated[Optional[int], typer.Option(
         min=1, metavar="N",
         help="Score only the first N references of --data (file order); predictions for the others are ignored.")] = None,
 ) -> None:
     """Score decompositions against references: SARI, exact match, step counts, step matching, chrF, BLEU."""
-    from qdtool.core.data import read_dataset
+    from qdtool.core.data import Fields, read_dataset
     from qdtool.core.evaluation import write_jsonl, write_report
     from qdtool.core.files import ensure_writable_dir
     from qdtool.core.generation import GenerationSettings
@@ -71,7 +77,7 @@ def eval(  # noqa: A001 - the command's name
         _check_sources(sources, compare, predictions, model, output)
         if output is not None:
             ensure_writable_dir(output)  # now, not after minutes of generation
-        references = [r.to_dict() for r in read_dataset(data)]
+        references = [r.to_dict() for r in read_dataset(data, fields=Fields.of(question_field, steps_field))]
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, max_sub_questions=max_sub_questions,
                                       stop_at_repeat=stop_at_repeat, no_repeat_ngram_size=no_repeat_ngram_size,
                                       repetition_penalty=repetition_penalty)

@@ -23,6 +23,8 @@ Examples:
 
   qdtool train --data train.jsonl --eval-data val.jsonl --model Qwen/Qwen2.5-0.5B-Instruct
 
+  qdtool train --data train.csv --question-field q --steps-field decomp    # CSV/TSV/Parquet, save_to_disk dirs, hf://datasets/NAME:SPLIT
+
   qdtool train --config configs/low_memory.yaml --model Qwen/Qwen2.5-7B-Instruct
 
   qdtool train --config runs/NAME/run_config.yaml     # resume an interrupted run

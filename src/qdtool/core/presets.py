@@ -41,7 +41,7 @@ _TIER_BY_MEMORY = ((10, "8gb"), (14, "12gb"), (20, "16gb"), (32, "24gb"), (64, "
 # The settings from the YAML file and the flags that `auto` plans around; it keeps each one given.
 _PLAN_INPUTS = ("model", "data", "max_seq_len", "packing", "batch_tokens", "batch_size", "grad_accum", "lora_r", "lora_target",
                 "lora_dropout", "quantization", "double_quant", "precision", "gradient_checkpointing", "sharding", "optimizer",
-                "method", "train_embeddings")
+                "method", "train_embeddings", "question_field", "steps_field")
 _DEFAULTS = {name: info.default for name, info in TrainConfig.model_fields.items()}
 
 
@@ -159,7 +159,7 @@ def resolve_preset(name: str, hardware: HardwareReport | None, fixed: Mapping[st
         return choose_auto(hardware, fixed=fixed)
     tier = tier_for(max(g.total_gib for g in hardware.gpus)) if hardware.gpus else "cpu"
     target = fixed.get("model") or load_preset(tier)["model"]  # whose tokenizer measures the data
-    p99, share, used = data_lengths(fixed["data"], target)
+    p99, share, used = data_lengths(fixed["data"], target, fixed.get("question_field"), fixed.get("steps_field"))
     choice = choose_auto(hardware, p99_tokens=p99, supervised_share=share, fixed=fixed)
     choice.reasons.append(f"token lengths from {fixed['data']} with the tokenizer of {used}; {share:.0%} of tokens carry loss")
     return choice
@@ -271,7 +271,7 @@ def _max_seq_len(p99_tokens: int | None, fixed: Mapping[str, Any], default: int,
 
 def _given(fixed: Mapping[str, Any]) -> str:
     """The values given that the plan keeps (model, data and max_seq_len have reasons of their own)."""
-    return ", ".join(f"{k} {v}" for k, v in fixed.items() if k not in ("model", "data", "max_seq_len"))
+    return ", ".join(f"{k} {v}" for k, v in fixed.items() if k not in ("model", "data", "max_seq_len", "question_field", "steps_field"))
 
 
 def _kept(fixed: Mapping[str, Any]) -> list[str]:
@@ -370,16 +370,16 @@ def _no_fit(hardware: HardwareReport, model: str, fixed: Mapping[str, Any], max_
                        "choose a smaller model, e.g. Qwen/Qwen2.5-0.5B-Instruct, or free the GPU")
 
 
-def data_lengths(data: str | Path, model: str) -> tuple[int, float, str]:
+def data_lengths(data: str | Path, model: str, question_field: str | None = None, steps_field: str | None = None) -> tuple[int, float, str]:
     """(p99 sample tokens, supervised share, tokenizer used) of a dataset, rendered as `train` renders it.
 
     Uses the model's tokenizer; when it cannot be loaded (offline, gated), the embedded one, and says so.
     """
-    from qdtool.core.data import read_dataset
+    from qdtool.core.data import Fields, read_dataset
     from qdtool.core.datastats import token_stats
     from qdtool.core.modeling import load_tokenizer
 
-    records = read_dataset(data)
+    records = read_dataset(data, fields=Fields.of(question_field, steps_field))
     try:
         tokenizer, used = load_tokenizer(model), model
     except ModelError:

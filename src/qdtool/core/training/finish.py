@@ -76,10 +76,9 @@ def _result(run: Run) -> TrainResult:
 
 
 def _longest_decomposition(run: Run) -> int | None:
-    """The most sub-questions of a record in the training files (held-out rows included): `decompose`'s default step cap."""
-    from qdtool.core.data import read_dataset
-
-    return max((len(r.sub_questions) for f in run.data_files if f.role == "train" for r in read_dataset(f.path)), default=None)
+    """The most sub-questions of a record in the training files (held-out rows included): `decompose`'s default step cap.
+    Set up from the records as read (with the run's field mapping); a file read again here without it would fail."""
+    return run.longest_trained
 
 
 def _save_adapter(run: Run, result: TrainResult, whole: dict) -> None:

@@ -56,42 +56,73 @@ def _hardware(config: TrainConfig) -> tuple[Any, Dist]:
 
 
 def _absolute_paths(config: TrainConfig) -> TrainConfig:
-    """Absolute paths, so run_config.yaml works from any directory (resume, merge, decompose)."""
+    """Absolute paths, so run_config.yaml works from any directory (resume, merge, decompose); a hub dataset stays as written."""
+    from qdtool.core.sources import is_hub
+
+    def absolute(spec: str | None) -> str | None:
+        return spec if spec is None or is_hub(str(spec)) else str(Path(spec).resolve())
+
     return config.model_copy(update={
         "output_dir": Path(config.output_dir or outdir.default_output_dir(config)).resolve(),
-        "data": Path(config.data).resolve() if config.data else None,
-        "eval_data": Path(config.eval_data).resolve() if config.eval_data else None,
+        "data": absolute(config.data),
+        "eval_data": absolute(config.eval_data),
     })
 
 
 @dataclass
 class _Inputs:
-    train_files: list[Path]
+    train_files: list[str | Path]  # files, save_to_disk dirs or hf://datasets/NAME[:SPLIT]
     per_file: list[list[Any]]  # the records of each training file
     eval_given: list[Any] | None  # the records of --eval-data, if given
 
     @classmethod
     def read(cls, config: TrainConfig) -> _Inputs:
-        from qdtool.core.data import read_dataset
+        """The records, read with the config's field mapping (kept in run_config.yaml, so a resume reads them alike);
+        the bundled examples use the default names."""
+        from qdtool.core.data import Fields, read_dataset
         from qdtool.resources import default_train_files
 
-        train_files = [Path(config.data)] if config.data else default_train_files()
-        per_file = [read_dataset(path) for path in train_files]  # train first: its errors are reported first
-        return cls(train_files, per_file, read_dataset(config.eval_data) if config.eval_data else None)
+        fields = Fields.of(config.question_field, config.steps_field)
+        if config.data:
+            train_files, per_file = [config.data], [read_dataset(config.data, fields=fields)]  # train first: its errors come first
+        else:
+            train_files = default_train_files()
+            per_file = [read_dataset(path) for path in train_files]
+        return cls(train_files, per_file, read_dataset(config.eval_data, fields=fields) if config.eval_data else None)
 
 
 def _fingerprint(config: TrainConfig, inputs: _Inputs, start_from: Path | None) -> tuple[dict[str, Any], list[DataFile]]:
     """The data's fingerprint (a resume must see the same files) and the card's list of data files."""
     from qdtool.core import checkpoint
 
-    data = checkpoint.data_fingerprint(inputs.train_files, [Path(config.eval_data)] if config.eval_data else [])
     given = inputs.eval_given
+    data = {"train": [_data_entry(spec, rows) for spec, rows in zip(inputs.train_files, inputs.per_file, strict=True)],
+            "eval": [_data_entry(config.eval_data, given)] if config.eval_data else []}
     counts = {"train": [len(rows) for rows in inputs.per_file], "eval": [len(given)] if given is not None else []}
     data_files = [DataFile(role, Path(entry["path"]), n, entry["sha256"]) for role in ("train", "eval")
                   for entry, n in zip(data[role], counts[role], strict=False)]
     if start_from is not None:
         checkpoint.check_same_data(start_from, checkpoint.resumable_state(start_from), data)
     return data, data_files
+
+
+def _data_entry(spec: str | Path, records: list[Any]) -> dict[str, Any]:
+    """A file's size and SHA-256; for a saved dataset's directory or a hub dataset, those of its records written
+    as sorted JSON lines (what a resume must train on again, however the dataset is stored or cached)."""
+    import hashlib
+    import json
+
+    from qdtool.core import checkpoint
+    from qdtool.core.sources import source_kind
+
+    if source_kind(spec) not in ("hub", "dataset"):
+        return checkpoint.data_fingerprint([Path(spec)], [])["train"][0]
+    digest, size = hashlib.sha256(), 0
+    for record in records:
+        line = json.dumps(record.to_dict(), sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass") + b"\n"
+        digest.update(line)
+        size += len(line)
+    return {"path": str(spec), "size": size, "sha256": digest.hexdigest()}
 
 
 @dataclass
