@@ -218,3 +218,44 @@ def test_a_fifo_is_a_usage_error_not_a_hang(tmp_path):
     result = invoke(str(pipe))
     assert result.exit_code == 2, result.output
     assert f"{pipe}: is a named pipe (FIFO), not a regular file; save the data to a file and pass that" in result.output
+
+
+def test_a_csv_is_a_table_not_invalid_json(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text('q,decomp\nIs Q big?,"1. What is Q? 2. Is #1 big?"\n,What?\n', encoding="utf-8")
+    result = invoke(str(path))
+    assert result.exit_code == 1 and "invalid JSON" not in result.output
+    assert f'{path}: no "question" column; columns found: q, decomp; map them with --question-field q --steps-field decomp' in result.output
+    result = invoke(str(path), "--question-field", "q", "--steps-field", "decomp", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)["files"][0]
+    assert (report["format"], report["records"], report["stats"]["steps_histogram"]) == ("csv", 1, {"2": 1})
+    assert [e["text"] for e in report["errors"]] == [f"{path}:3: q: must not be empty"] and report["errors"][0]["line"] == 3
+
+
+def test_tsv_parquet_and_a_saved_dataset_validate(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    tsv = tmp_path / "x.tsv"
+    tsv.write_text(f"question\tsub_questions\n{GOOD['question']}\t{json.dumps(GOOD['sub_questions'])}\n", encoding="utf-8")
+    pq.write_table(pa.table({"question": [GOOD["question"], "Is R red?"], "sub_questions": [GOOD["sub_questions"], ["What is R?"]]}),
+                   tmp_path / "x.parquet")
+    Dataset.from_dict({"question": [GOOD["question"]], "sub_questions": [GOOD["sub_questions"]]}).save_to_disk(str(tmp_path / "saved"))
+    result = invoke(str(tsv), str(tmp_path / "x.parquet"), str(tmp_path / "saved"))
+    assert result.exit_code == 0, result.output
+    assert f"{tsv} (tsv, 1 usable records)" in result.output and "saved (dataset, 1 usable records)" in result.output
+    assert f"{tmp_path / 'x.parquet'}[#1]: sub_questions: only one step" in result.output
+    assert "all valid: 3 files, 0 error(s), 1 warning(s)" in result.output
+
+
+def test_a_long_list_of_problems_is_cut_and_says_how_many_more(tmp_path, monkeypatch):
+    from qdtool.core import validation
+
+    monkeypatch.setattr(validation, "MAX_LISTED_PROBLEMS", 2)
+    path = write(tmp_path / "bad.jsonl", *[{"question": f"Q{i}?"} for i in range(5)])
+    result = invoke(str(path))
+    assert result.exit_code == 1
+    assert "... and 3 more problem(s), counted but not listed (the first 2 are)" in result.output
+    assert "✗ invalid: 5 error(s), 0 warning(s)" in result.output

@@ -94,3 +94,49 @@ def test_the_json_report_has_every_field(tmp_path):
         f"{path}:2: sub_questions: only one step; a decomposition usually has two or more"]
     assert file["stats"]["records"] == 2
     json.dumps(report)  # what --json prints
+
+
+def test_validation_streams_a_file_instead_of_holding_it(tmp_path):
+    """Traced Python memory at its peak stays a small share of the file: rows are read, checked, counted and
+    dropped; what stays per record is a 16-byte digest of its question and its line (the duplicate check)."""
+    import tracemalloc
+
+    steps = ["What is the first thing about item {i} that " + "we need " * 90 + "?", "Is #1 about item {i} " + "long " * 180 + "?"]
+    path = tmp_path / "big.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(1500):
+            f.write(json.dumps({"question": f"Is item {i} big?", "sub_questions": [s.format(i=i) for s in steps]}) + "\n")
+    size = path.stat().st_size
+    validate_data([write(tmp_path / "warm.jsonl", GOOD)])  # the modules it imports on first use are not what is measured
+    tracemalloc.start()
+    try:
+        report = validate_data([path])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.ok and report.files[0].result.records == 1500 and report.warnings == 0
+    assert size > 2_500_000 and peak < size / 5, (size, peak)  # reading it whole would take more than the file
+
+
+def test_problems_are_counted_in_full_and_listed_up_to_the_limit(tmp_path, monkeypatch):
+    from qdtool.core import validation
+
+    monkeypatch.setattr(validation, "MAX_LISTED_PROBLEMS", 3)
+    train = write(tmp_path / "t.jsonl", *[{"question": f"Q{i}?"} for i in range(4)], GOOD)
+    val = write(tmp_path / "v.jsonl", GOOD)
+    report = validate_data([train], against=[val])
+    (file,) = report.files
+    assert (file.result.error_count, len(file.result.problems), file.result.not_listed) == (5, 3, 2)  # 4 missing steps + 1 leak
+    assert report.errors == 5 and file.reason == "5 error(s)" and file.to_dict()["problems_not_listed"] == 2
+    assert [p.message for p in file.result.problems] == ["missing"] * 3
+
+
+def test_a_table_against_a_jsonl_file_finds_the_same_question(tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("q,steps\nIS Q  big?,\"What is Q?\nIs #1 big?\"\nNew?,1. a? 2. #1 b?\n", encoding="utf-8")
+    val = write(tmp_path / "val.jsonl", {"question": "New one?", "sub_questions": ["a?", "b?"]}, GOOD)
+    from qdtool.core.data import Fields
+
+    report = validate_data([train], against=[val], fields=Fields("q", "steps"))
+    assert [str(p) for p in report.files[0].result.problems] == [f"{train}:2: question: also in {val}:2 (train/eval leakage)"]
+    assert report.files[0].result.records == 2 and report.files[0].stats.steps_histogram == {2: 2}

@@ -14,6 +14,7 @@ import ast
 import difflib
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -199,12 +200,17 @@ def hub_rows(spec: str) -> JsonFile:
     import os
 
     from datasets import load_dataset
+    from datasets.exceptions import DatasetBuildError
 
     name, split = parse_hub(spec)
     try:
-        dataset = load_dataset(hub_location(name), split=split)
+        with _quiet_datasets():
+            dataset = load_dataset(hub_location(name), split=split)
     except (ValueError, KeyError) as exc:  # an unknown split names the ones there are
         raise UsageError(f"{spec}: {exc}") from None
+    except DatasetBuildError as exc:  # files of the dataset that do not read as one table: the cause says why
+        cause = f": {_first_line(exc.__cause__)}" if exc.__cause__ is not None else ""
+        raise UsageError(f"{spec}: the hub dataset {name} does not load as one table ({_first_line(exc)}{cause})") from None
     except (OSError, ConnectionError) as exc:  # FileNotFoundError and DatasetNotFoundError among them
         offline = ""
         if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -236,7 +242,8 @@ def disk_rows(spec: str) -> JsonFile:
     from datasets import Dataset, load_from_disk
 
     try:
-        dataset = load_from_disk(str(directory))
+        with _quiet_datasets():
+            dataset = load_from_disk(str(directory))
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"{directory}: cannot load the saved dataset ({_first_line(exc)})") from None
     if isinstance(dataset, Dataset):
@@ -251,6 +258,20 @@ def disk_rows(spec: str) -> JsonFile:
         example = "train" if "train" in splits else splits[0]
         raise UsageError(f"{directory} {asked} ({', '.join(splits)}); pass one as {directory}:{example}")
     return _dataset_rows(dataset[split], spec, "dataset")
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars from `datasets` on stderr while it loads (core code prints nothing); as it was afterwards."""
+    from datasets.utils import logging as datasets_logging
+
+    was_on = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets_logging.enable_progress_bar()
 
 
 def _dataset_rows(dataset: Any, name: str, fmt: str) -> JsonFile:

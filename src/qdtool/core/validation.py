@@ -205,16 +205,24 @@ def _scan(source: RecordSource, others: list[_LeakIndex], tokens: TokenStatsBuil
 
 
 class _LeakIndex:
-    """The questions of an --against file: digest -> place (the last, where a question repeats)."""
+    """The questions of an --against file: digest -> place (the last, where a question repeats).
+
+    Only the question matters here: it is read from the mapped field where the row has one, else
+    from "question" (an eval file need not share the training file's column names), and a row
+    whose other fields are broken still counts.
+    """
 
     def __init__(self, path: str | Path, fields: Fields) -> None:
-        source = iter_records(path, fields=fields)
+        from qdtool.core.sources import open_rows
+
         self.identity = _identity(path)
-        self.rows: JsonFile = source.rows
+        self.rows: JsonFile = open_rows(path, what="records")
         self.places: dict[bytes, int] = {}
-        for row, record, _ in source:
-            if record is not None:
-                self.places[question_digest(record.question)] = row.place
+        for row in self.rows.rows:
+            value = row.value if row.problem is None and isinstance(row.value, dict) else {}
+            question = value.get(fields.question, value.get("question"))
+            if isinstance(question, str) and question.strip():
+                self.places[question_digest(question)] = row.place
 
 
 def _identity(path: str | Path) -> str:
