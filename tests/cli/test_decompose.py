@@ -297,3 +297,17 @@ def test_the_decoding_guard_options_reach_the_generation_settings(monkeypatch):
     assert seen[1] == generation.GenerationSettings()  # the defaults: the run's own cap, no repeat stop, no repetition guard
     result = runner.invoke(app, ["decompose", "Q?", "--model", "embedded", "--repetition-penalty", "0.9"])
     assert result.exit_code == 2 and "--repetition-penalty" in result.output and len(seen) == 2
+
+
+def test_questions_from_a_csv_column(tiny_model_dir, tmp_path):
+    questions = tmp_path / "questions.csv"
+    questions.write_text('id,q\n7,"Is Q big, or small?"\n8,Is R red?\n', encoding="utf-8")
+    result = runner.invoke(app, ["decompose", "--model", str(tiny_model_dir), "--input", str(questions), "--question-field", "q",
+                                 "--format", "jsonl", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["id"], r["question"]) for r in rows] == [("7", "Is Q big, or small?"), ("8", "Is R red?")]
+    assert "q" not in rows[0]  # the column became "question"
+    result = runner.invoke(app, ["decompose", "--model", str(tiny_model_dir), "--input", str(questions)])
+    assert result.exit_code == 1
+    assert 'no "question" column; columns found: id, q; map it with --question-field q' in result.output

@@ -175,3 +175,21 @@ def test_the_decoding_guard_options_reach_the_generation_settings(monkeypatch):
                                          repetition_penalty=1.1)
     assert runner.invoke(app, args).exit_code == 0
     assert seen[1] == GenerationSettings(max_new_tokens=160)  # decompose's guard defaults
+
+
+def test_references_from_parquet_with_mapped_columns_score_as_the_jsonl(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in VAL.read_text().splitlines()]
+    pq.write_table(pa.table({"id": [r["id"] for r in rows], "q": [r["question"] for r in rows],
+                             "decomp": ["\n".join(r["sub_questions"]) for r in rows]}), tmp_path / "val.parquet")
+    preds = _predictions(tmp_path, "q.jsonl", lambda r: [r["question"]])
+    result = runner.invoke(app, ["eval", "--data", str(tmp_path / "val.parquet"), "--question-field", "q", "--steps-field", "decomp",
+                                 "--predictions", str(preds), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert round(report["metrics"]["sari"], 4) == 0.4428 and report["metrics"]["examples"] == 200  # as from the JSONL file
+    result = runner.invoke(app, ["eval", "--data", str(tmp_path / "val.parquet"), "--predictions", str(preds)])
+    assert result.exit_code == 1
+    assert 'no "question" column; columns found: id, q, decomp; map them with --question-field q --steps-field decomp' in result.output

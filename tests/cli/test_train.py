@@ -165,3 +165,33 @@ def test_the_progress_renderer_handles_every_event_type(monkeypatch):
     assert "checkpoint: runs/tiny/checkpoints/step-0000004" in text
     assert progress.bar.tasks[0].completed == 4
     assert progress.bar.tasks[0].fields["info"] == "loss 2.375 · eval 2.000 · sari 0.438 · 1,100 sup tok/s · peak 1.5 GiB"
+
+
+def test_train_reads_a_csv_through_the_field_mapping_and_keeps_it_in_the_run_config(tmp_path, captured_train, monkeypatch):
+    """The flags reach the config, the records reach training, and run_config.yaml (what a resume reads) maps them alike."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from qdtool.config import dump_config, load_train_config
+    from qdtool.core.training.setup import _absolute_paths, _Inputs
+    from qdtool.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    Path("train.csv").write_text('id,q,decomp\n1,Is Q big?,"1. What is Q? 2. Is #1 big?"\n2,Is R red?,"What is R?\nIs #1 red?"\n',
+                                 encoding="utf-8")
+    pq.write_table(pa.table({"q": ["Is S?"], "decomp": [["What is S?", "Is #1 S?"]]}), "val.parquet")
+    runner.invoke(app, ["train", "--data", "train.csv", "--eval-data", "val.parquet", "--question-field", "q", "--steps-field", "decomp"])
+    config = _absolute_paths(captured_train["config"])
+    assert (config.data, config.question_field, config.steps_field) == (str(tmp_path / "train.csv"), "q", "decomp")
+    inputs = _Inputs.read(config)
+    assert [r.to_dict() for r in inputs.per_file[0]] == [
+        {"question": "Is Q big?", "sub_questions": ["What is Q?", "Is #1 big?"], "id": "1"},
+        {"question": "Is R red?", "sub_questions": ["What is R?", "Is #1 red?"], "id": "2"}]
+    assert [r.question for r in inputs.eval_given] == ["Is S?"]
+    saved = tmp_path / "run_config.yaml"
+    saved.write_text(dump_config(config), encoding="utf-8")
+    assert "question_field: q\nsteps_field: decomp\n" in saved.read_text()
+    resumed = load_train_config(saved)
+    assert [r.to_dict() for r in _Inputs.read(resumed).per_file[0]] == [r.to_dict() for r in inputs.per_file[0]]
+    with pytest.raises(DataError, match='no "question" column; columns found: id, q, decomp; map them with --question-field q'):
+        _Inputs.read(config.model_copy(update={"question_field": "question", "steps_field": "sub_questions"}))

@@ -61,3 +61,20 @@ def test_resume_refuses_changed_data_and_never_runs_a_planted_pickle(tiny_model_
     result = training.train(make_config(tiny_model_dir, data, out))
     assert result.resumed_from == str(step_2) and result.steps == 6
     assert not marker.exists()
+
+
+def test_a_saved_dataset_is_fingerprinted_by_its_records_and_a_file_by_its_bytes(data_file, tmp_path):
+    from datasets import Dataset
+
+    from qdtool.core import checkpoint
+    from qdtool.core.data import read_dataset
+    from qdtool.core.training.setup import _data_entry
+
+    assert _data_entry(data_file, read_dataset(data_file)) == checkpoint.data_fingerprint([data_file], [])["train"][0]
+    columns = {"question": ["Is Q big?", "Is R red?"], "sub_questions": [["What is Q?", "Is #1 big?"], ["What is R?", "Is #1 red?"]]}
+    Dataset.from_dict(columns).save_to_disk(str(tmp_path / "a"))
+    Dataset.from_dict(columns).save_to_disk(str(tmp_path / "b"))  # the same records, other files
+    Dataset.from_dict({**columns, "question": ["Is Q big?", "Is R blue?"]}).save_to_disk(str(tmp_path / "c"))
+    a, b, c = (_data_entry(str(tmp_path / n), read_dataset(tmp_path / n)) for n in "abc")
+    assert a["path"] == str(tmp_path / "a") and a["size"] > 0
+    assert a["sha256"] == b["sha256"] and a["sha256"] != c["sha256"]
