@@ -161,6 +161,26 @@ def test_a_full_run_reports_kept_dropped_and_provenance(tmp_path):
     assert [r["synth"]["teacher_model"] for r in records] == ["fake-teacher"] * 2 and records[0]["synth"]["teacher"] == url
     again = runner.invoke(app, ["synth", str(tmp_path / "questions.txt"), "--teacher", url, "--out", str(out)])
     assert again.exit_code == 0 and "skipped 3 question(s)" in again.output and "nothing to do" in again.output
+    checked = runner.invoke(app, ["validate-data", str(out), "--strict"], env={"COLUMNS": "300"})  # extra fields are fine for training
+    assert checked.exit_code == 0, checked.output  # --strict: not even a warning
+
+
+def test_ctrl_c_exits_at_once_without_waiting_for_the_requests_in_flight(tmp_path):
+    proc, url, log = fake.start(tmp_path, {"*": [{"texts": [ANSWER]}]}, "--delay", "30")
+    try:
+        command = _synth_command(_write_questions(tmp_path), tmp_path / "s.jsonl", url)
+        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while len(fake.requests(log)) < 2:  # both workers are waiting for their (30-s) replies
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        assert run.wait(timeout=20) == 130
+        assert time.monotonic() - began < 10  # not the 30 s the requests in flight would take
+        assert "interrupted; the records finished so far are in" in run.stdout.read()
+    finally:
+        proc.kill()
 
 
 @pytest.mark.embedded

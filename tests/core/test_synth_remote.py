@@ -148,3 +148,15 @@ def test_a_wrong_key_and_an_unreachable_teacher_stop_before_any_question(teacher
     with pytest.raises(TeacherError, match=rf"cannot reach the teacher at http://127.0.0.1:{port}/v1 .*check the URL"):
         synth([{"question": SKY}], tmp_path / "s.jsonl", _settings(f"http://127.0.0.1:{port}/v1"))
     assert not (tmp_path / "s.jsonl").exists() and fake.requests(log) == []
+
+
+def test_a_refused_setting_stops_the_run_instead_of_dropping_every_question(tmp_path):
+    script = {"*": [{"status": 400, "param": "temperature", "message": "temperature must be 1 for this model"}]}
+    proc, url, log = fake.start(tmp_path, script)
+    out = tmp_path / "s.jsonl"
+    try:
+        with pytest.raises(TeacherError, match=r"refused temperature \(HTTP 400: temperature must be 1 .*\); change --temperature"):
+            synth([{"question": SKY}, {"question": WHALE}], out, _settings(url, api_key=None, workers=1))
+    finally:
+        proc.kill()
+    assert not out.exists() and not dropped_path(out).exists()  # nothing recorded as dropped: a fixed command asks them all

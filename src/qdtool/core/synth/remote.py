@@ -3,7 +3,8 @@
 A 429, a 5xx, a timeout or a dropped connection is retried (`retries` times, exponential backoff
 with jitter, or the server's Retry-After); a 401/403 (the key), a 404 (the URL or the model) or a
 refused connection after the retries stops the whole run, since every other question would fail the
-same way; any other 4xx is this question's own (too long, say): asking again gives the same answer.
+same way, and so does a 4xx that names one of synth's settings (`param`: temperature, max_tokens, ...);
+any other 4xx is this question's own (too long, say): asking again gives the same answer.
 The API key goes in the Authorization header only and is never part of a message, a log or a record.
 """
 
@@ -200,6 +201,9 @@ class OpenAITeacher:
             return TeacherError(f"the teacher at {self.url} answered 404 for {self.url}/chat/completions ({message}): check that "
                                 "--teacher is the API's base URL (it usually ends in /v1) and that --teacher-model "
                                 f"{self.model!r} is one of its models")
+        if param in _SETTINGS:  # a setting every request carries: every question would be refused the same way
+            return TeacherError(f"the teacher at {self.url} refused {param} (HTTP {status}: {message}); change "
+                                f"{_SETTINGS[param]} for this model")
         return Refused(status, message, param)
 
     def _unreachable(self, exc: Exception) -> TeacherError:
@@ -210,6 +214,11 @@ class OpenAITeacher:
     def _refused_key(self, status: int) -> TeacherError:
         return TeacherError(f"the teacher at {self.url} refused the request (HTTP {status}): check the API key "
                             "(--api-key-env NAME names the environment variable that holds it)")
+
+
+# Request fields that come from synth's options, by the option to change when a server refuses one
+# (`n` is not here: a server without n gets one request per sample instead).
+_SETTINGS = {"model": "--teacher-model", "temperature": "--temperature", "top_p": "--top-p", "max_tokens": "--max-new-tokens"}
 
 
 def backoff(attempt: int, base_s: float, cap_s: float = 30.0) -> float:

@@ -1,7 +1,7 @@
 """The two kinds of teacher behind one interface: `answers(jobs)` yields each job with its candidates.
 
-A URL teacher (`RemoteTeacher`) asks an OpenAI-compatible endpoint from `workers` threads, at most
-two jobs per worker in flight (so a kill loses few); a local one (`LocalTeacher`) runs our own
+A URL teacher (`RemoteTeacher`) asks an OpenAI-compatible endpoint from `workers` threads, one job
+per worker in flight (so a kill loses few); a local one (`LocalTeacher`) runs our own
 decompose engine, its questions grouped by their demonstrations (one prompt setting per group) and
 sampled with num_return_sequences. A reply is a list of (raw text, parsed steps), or the exception
 that stands for the question's failure (`Refused`, `RequestFailed`, `TooLong`).
@@ -9,8 +9,9 @@ that stands for the question's failure (`Refused`, `RequestFailed`, `TooLong`).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -60,22 +61,39 @@ class RemoteTeacher:
         return job, [(text, parse_sub_questions(text).sub_questions) for text in texts]
 
     def answers(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, Reply]]:
-        """Each job with its reply, in the order they finish. A TeacherError from any worker ends the run."""
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="qdtool-synth")
-        todo = iter(jobs)
-        pending: set[Future] = set()
-        try:
-            while True:
-                while len(pending) < 2 * self.workers and (job := next(todo, None)) is not None:
-                    pending.add(pool.submit(self._one, job))
-                if not pending:
+        """Each job with its reply, in the order they finish. A TeacherError from any worker ends the run.
+
+        Each worker holds one job at a time, so at most `workers` questions are in flight. The workers
+        are daemon threads: after Ctrl-C the process exits at once instead of waiting out the requests
+        in flight (up to --timeout each), whose answers would be lost anyway.
+        """
+        todo: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        for job in jobs:
+            todo.put(job)
+        done: queue.SimpleQueue[tuple[tuple[Job, Reply] | None, BaseException | None]] = queue.SimpleQueue()
+
+        def work() -> None:
+            while not self.client.stop.is_set():
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
                     return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+                try:
+                    done.put((self._one(job), None))
+                except BaseException as exc:  # TeacherError, or a bug: the main thread raises it
+                    done.put((None, exc))
+                    return
+
+        for number in range(min(self.workers, len(jobs))):
+            threading.Thread(target=work, name=f"qdtool-synth-{number}", daemon=True).start()
+        try:
+            for _ in range(len(jobs)):
+                answer, error = done.get()
+                if error is not None:
+                    raise error
+                yield answer
         finally:
-            self.client.stop.set()  # workers still waiting to retry give up at once
-            pool.shutdown(wait=False, cancel_futures=True)
+            self.client.stop.set()  # workers take no new job and give up waiting to retry
 
     def close(self) -> None:
         self.client.close()
