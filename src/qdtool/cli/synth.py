@@ -30,6 +30,7 @@ default the bundled StrategyQA and Korean examples), in the question's language 
 any. It writes --samples candidates per question; only candidates that pass validate-data's checks
 count, and the one the others agree with most (mean SARI) is kept, with its agreement and the
 teacher's settings in a "synth" field. Dropped questions go to FILE.dropped.jsonl with the reason.
+A fine-tuned local teacher (a run dir) already knows the format: --shots 0 asks it as it was trained.
 
 Each record is appended as soon as it is judged: after Ctrl-C, a crash or a kill, the same command
 continues, skipping the questions in FILE.jsonl and in FILE.dropped.jsonl (--retry-dropped asks the
