@@ -83,3 +83,21 @@ def test_decoding_guards_decodes_each_candidate_and_compares_it_with_no_guards(t
         assert row["seconds"] > 0
     assert "| cap+repeat |" in (out / "table.md").read_text() and "SARI − none (95% CI)" in stdout
     assert f"--limit 3 --compare {out}/predictions/none.jsonl {out}/predictions/cap+repeat.jsonl" in stdout
+
+
+def test_synth_consensus_scores_each_arm_on_the_same_questions(tiny_model_dir, tmp_path):
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Is city {n} larger than town {n}?",
+                                        "sub_questions": [f"How large is city {n}?", f"How large is town {n}?", "Is #1 larger than #2?"]})
+                            + "\n" for n in range(3)), encoding="utf-8")
+    out = tmp_path / "consensus"
+    stdout = _run("synth_consensus.py", "--teacher", str(tiny_model_dir), "--data", str(data), "--samples", "2", "--out", str(out))
+    rows = _lines(out / "summary.jsonl")
+    assert [(r["arm"], r["samples"], r["temperature"]) for r in rows] == [("greedy", 1, 0.0), ("one sample", 1, 0.7),
+                                                                          ("consensus of 2", 2, 0.7)]
+    assert all(r["questions"] == 3 and 0 <= r["kept"] <= 3 and 0 <= r["sari"] <= 1 for r in rows)
+    assert rows[0]["sari_vs_greedy"] is None and all(r["sari_vs_greedy"] is not None for r in rows[1:])
+    # every arm is scored on all three questions: a dropped one is an empty prediction, not a missing one
+    for name in ("greedy", "one_sample", "consensus_of_2"):
+        assert len((out / f"{name}.predictions.jsonl").read_text().splitlines()) == 3
+    assert "| consensus of 2 | 2 | 0.7 |" in stdout
