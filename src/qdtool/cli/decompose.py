@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool.cli._common import console, err_console, quiet_libraries, status, user_errors
+from qdtool.cli.validate_data import QuestionField
 from qdtool.errors import UsageError
 
 EXAMPLES = """
@@ -53,11 +54,9 @@ def decompose(
     question: Annotated[Optional[str], typer.Argument(
         metavar="QUESTION", help="One question (or use --input).", show_default=False)] = None,
     input: Annotated[Optional[str], typer.Option(
-        "--input", "-i", metavar="FILE|-",
-        help="JSONL / JSON records with \"question\", plain lines (.txt), a CSV/TSV/Parquet table, a save_to_disk dir or "
-        "hf://datasets/NAME[:SPLIT]; - reads stdin (JSON or lines).")] = None,
-    question_field: Annotated[Optional[str], typer.Option(
-        metavar="COLUMN", show_default=False, help="The field (column) of --input that holds the question [default: question].")] = None,
+        "--input", "-i", metavar="FILE|-", help="JSONL / JSON records with \"question\", plain lines (.txt), a CSV/TSV/Parquet "
+        "table, a save_to_disk dir or hf://datasets/NAME[:SPLIT]; - reads stdin (JSON or lines).")] = None,
+    question_field: QuestionField = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o",
         help="Append JSONL results here as they finish (input fields such as id are kept); "
