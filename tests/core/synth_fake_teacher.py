@@ -62,8 +62,12 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:
-        if self._authorized():
-            self._send(200, {"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]})
+        if not self._authorized():
+            return
+        if self.path.rstrip("/") != "/v1/models":
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        self._send(200, {"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))

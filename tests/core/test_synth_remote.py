@@ -160,3 +160,12 @@ def test_a_refused_setting_stops_the_run_instead_of_dropping_every_question(tmp_
     finally:
         proc.kill()
     assert not out.exists() and not dropped_path(out).exists()  # nothing recorded as dropped: a fixed command asks them all
+
+
+def test_the_model_name_comes_from_the_server_or_must_be_given(teacher, tmp_path):
+    url, log = teacher
+    report = synth([{"question": SKY}], tmp_path / "s.jsonl", _settings(url), examples=EXAMPLES)
+    assert report.teacher_model == "fake-teacher"  # the only model in GET /models
+    no_v1 = url.removesuffix("/v1") + "/nothing-here"
+    with pytest.raises(TeacherError, match=r"pass --teacher-model NAME: .*/nothing-here/models lists no models \(HTTP 404; is --teacher"):
+        synth([{"question": WHALE}], tmp_path / "t.jsonl", _settings(no_v1))

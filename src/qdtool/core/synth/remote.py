@@ -118,7 +118,8 @@ class OpenAITeacher:
         ids = _model_ids(response) if response.status_code == 200 else []
         if self.model is None:
             if len(ids) != 1:
-                listed = f"it lists {', '.join(ids[:10])}" if ids else f"{self.url}/models does not list its models"
+                listed = (f"it serves {', '.join(ids[:10])}" if ids else f"{self.url}/models lists no models (HTTP "
+                          f"{response.status_code}; is --teacher the API's base URL? It usually ends in /v1)")
                 raise TeacherError(f"pass --teacher-model NAME: {listed}")
             self.model = ids[0]
         return self.model
