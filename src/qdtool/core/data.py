@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qdtool.core.jsonrows import MAX_JSON_DEPTH, JsonFile, JsonRow, decode_json, json_type_name, read_json_rows
-from qdtool.core.problems import Problem, Severity, problems_error
+from qdtool.core.problems import Problem, Severity, SplitsProblems, problems_error
 
 LONG_RECORD_CHARS = 2000  # question + steps; such samples rarely fit a short max_seq_len
 _REF = re.compile(r"#(\d+)")
@@ -60,19 +60,11 @@ class Record:
 
 
 @dataclass
-class LoadResult:
+class LoadResult(SplitsProblems):
     path: Path
     format: str  # "json", "jsonl", "csv", "tsv", "parquet", "dataset", "hub", or "unknown"
     records: list[Record]
     problems: list[Problem]
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
     @property
     def ok(self) -> bool:

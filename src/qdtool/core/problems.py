@@ -27,6 +27,20 @@ class Problem:
         return {k: v for k, v in self.__dict__.items() if v is not None} | {"text": str(self)}
 
 
+class SplitsProblems:
+    """`errors` and `warnings` of a class that keeps its problems in `self.problems`."""
+
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+
 def problems_error(name: str, problems: list[Problem], footer: str = "") -> DataError:
     """One DataError listing up to 50 problems (errors only), each with its place."""
     errors = [p for p in problems if p.severity == "error"]

@@ -17,13 +17,14 @@ from qdtool.core.data import DEFAULT_FIELDS, Fields, Problem, RecordSource, iter
 from qdtool.core.datastats import DatasetStats, StatsBuilder, TokenStatsBuilder
 from qdtool.core.jsonrows import JsonFile
 from qdtool.core.modeling import Progress
+from qdtool.core.problems import SplitsProblems
 from qdtool.core.prompts import PromptOptions
 
 MAX_LISTED_PROBLEMS = 10_000  # per file; the counts stay exact beyond it
 
 
 @dataclass
-class FileScan:
+class FileScan(SplitsProblems):
     """What validation keeps of one file: counts, the first MAX_LISTED_PROBLEMS problems, not the records."""
 
     path: str
@@ -40,14 +41,6 @@ class FileScan:
             self.warning_count += 1
         if len(self.problems) < MAX_LISTED_PROBLEMS:
             self.problems.append(problem)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
     @property
     def not_listed(self) -> int:
