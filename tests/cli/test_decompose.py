@@ -311,3 +311,31 @@ def test_questions_from_a_csv_column(tiny_model_dir, tmp_path):
     result = runner.invoke(app, ["decompose", "--model", str(tiny_model_dir), "--input", str(questions)])
     assert result.exit_code == 1
     assert 'no "question" column; columns found: id, q; map it with --question-field q' in result.output
+
+
+def test_consensus_prints_the_chosen_decomposition_and_keeps_the_samples_in_json(monkeypatch):
+    from qdtool.core import generation
+
+    seen = []
+    samples = [{"sub_questions": ["Who was Aristotle?"], "raw": "1. Who was Aristotle?", "parse_ok": True},
+               {"sub_questions": ["When did Aristotle die?", "Is #1 before 1990?"], "raw": "...", "parse_ok": True}]
+    result = generation.Decomposition("Q?", samples[1]["sub_questions"], "...", True, {}, samples,
+                                      {"chosen": 2, "agreement": 0.4567, "valid": 2, "samples": 2})
+
+    def stream(decomposer, rows, settings, **kwargs):
+        seen.append(settings)
+        return iter([result])
+
+    monkeypatch.setattr(generation, "load_decomposer", lambda *a, **k: object())
+    monkeypatch.setattr(generation, "decompose_stream", stream)
+    printed = runner.invoke(app, ["decompose", "Q?", "--model", "embedded", "--consensus", "2", "--seed", "3"])
+    assert printed.exit_code == 0, printed.output
+    assert seen[0] == generation.GenerationSettings(temperature=0.7, num_return_sequences=2, consensus=True, seed=3)
+    assert "consensus of 2 samples (2 valid, agreement 0.46)" in printed.output
+    assert "1. When did Aristotle die?" in printed.output and "Who was Aristotle?" not in printed.output
+    as_json = runner.invoke(app, ["decompose", "Q?", "--model", "embedded", "--consensus", "2", "--format", "json"])
+    row = json.loads(as_json.stdout)[0]
+    assert row["consensus"]["chosen"] == 2 and len(row["samples"]) == 2
+    refused = runner.invoke(app, ["decompose", "Q?", "--model", "embedded", "--consensus", "3", "--num-return-sequences", "2",
+                                  "--temperature", "0.7"])
+    assert refused.exit_code == 2 and "drop --num-return-sequences" in refused.output and len(seen) == 2

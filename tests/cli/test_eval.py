@@ -172,9 +172,9 @@ def test_the_decoding_guard_options_reach_the_generation_settings(monkeypatch):
                                  "--repetition-penalty", "1.1"])
     assert result.exit_code == 0, result.output
     assert seen[0] == GenerationSettings(max_new_tokens=160, max_sub_questions=0, stop_at_repeat=False, no_repeat_ngram_size=3,
-                                         repetition_penalty=1.1)
+                                         repetition_penalty=1.1, seed=0)
     assert runner.invoke(app, args).exit_code == 0
-    assert seen[1] == GenerationSettings(max_new_tokens=160)  # decompose's guard defaults
+    assert seen[1] == GenerationSettings(max_new_tokens=160, seed=0)  # decompose's guard defaults; greedy, so the seed is unused
 
 
 def test_references_from_parquet_with_mapped_columns_score_as_the_jsonl(tmp_path):
@@ -193,3 +193,26 @@ def test_references_from_parquet_with_mapped_columns_score_as_the_jsonl(tmp_path
     result = runner.invoke(app, ["eval", "--data", str(tmp_path / "val.parquet"), "--predictions", str(preds)])
     assert result.exit_code == 1
     assert 'no "question" column; columns found: id, q, decomp; map them with --question-field q --steps-field decomp' in result.output
+
+
+def test_consensus_samples_at_0_7_seeded_and_refuses_what_cannot_sample(monkeypatch):
+    from qdtool.core.generation import GenerationSettings
+
+    seen = []
+
+    def predict(references, source, settings, shots, shots_from, progress=None, limit=None):
+        seen.append(settings)
+        return [{"id": r["id"], "question": r["question"], "sub_questions": r["sub_questions"]} for r in references[:limit]]
+
+    monkeypatch.setattr("qdtool.core.evaluation.predict", predict)
+    args = ["eval", "--data", str(VAL), "--model", "embedded", "--limit", "2", "--json"]
+    assert runner.invoke(app, [*args, "--consensus", "5"]).exit_code == 0
+    assert seen[0] == GenerationSettings(max_new_tokens=160, temperature=0.7, num_return_sequences=5, consensus=True, seed=0)
+    assert runner.invoke(app, [*args, "--consensus", "3", "--temperature", "1.0", "--seed", "4"]).exit_code == 0
+    assert seen[1] == GenerationSettings(max_new_tokens=160, temperature=1.0, num_return_sequences=3, consensus=True, seed=4)
+    assert runner.invoke(app, [*args, "--temperature", "0.5"]).exit_code == 0  # one sample, seeded
+    assert seen[2] == GenerationSettings(max_new_tokens=160, temperature=0.5, seed=0)
+    for flags, message in ((["--consensus", "1"], "two or more samples"), (["--consensus", "5", "--temperature", "0"], "needs sampling")):
+        result = runner.invoke(app, [*args, *flags])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert len(seen) == 3

@@ -414,3 +414,59 @@ def test_a_trained_run_records_its_longest_decomposition_and_decompose_caps_ther
     assert json.loads((run / "merged" / "qdtool_merge.json").read_text())["longest_decomposition"] == 6
     assert load_decomposer(str(run / "merged"), device="cpu").longest_trained == 6
     assert load_decomposer(str(tiny_model_dir), device="cpu").longest_trained is None  # a base model: no record
+
+
+class SampledModel(ScriptedModel):
+    """Returns num_return_sequences scripted samples per prompt, grouped by prompt as generate() does."""
+
+    def __init__(self, tokenizer, samples: dict[str, list[str]]) -> None:
+        super().__init__(tokenizer, {})
+        self.samples = samples
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, num_return_sequences, eos_token_id, pad_token_id, **kwargs):
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask, strict=True):
+            prompt = self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+            texts = next(s for q, s in self.samples.items() if q in prompt)
+            assert len(texts) == num_return_sequences
+            for text in texts:
+                rows.append(ids.tolist() + self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])
+
+
+def test_consensus_returns_the_sample_the_others_agree_with_and_keeps_every_sample(tiny_tokenizer):
+    from qdtool.core.consensus import check_candidate, choose
+
+    tiny_tokenizer.padding_side = "left"
+    texts = ["1. Who was Aristotle?\n2. What is a laptop?",
+             "1. When did Aristotle die?\n2. When was the laptop invented?\n3. Is #2 before #1?",
+             "1. When did Aristotle die?\n2. When did Aristotle die?",
+             "1. When did Aristotle die?\n2. When was the first laptop invented?\n3. Is #2 before #1?"]
+    model = SampledModel(tiny_tokenizer, {"Aristotle": texts, "llama": ["no steps"] * 4})
+    rows = [{"id": "a", "question": "Was Aristotle alive when the laptop was invented?"},
+            {"id": "b", "question": "Could a llama birth twice during the War in Vietnam?"}]
+    settings = GenerationSettings(temperature=0.7, num_return_sequences=4, consensus=True, max_new_tokens=64)
+    first, second = decompose(Decomposer(model, tiny_tokenizer), rows, settings)
+    steps = [s["sub_questions"] for s in first.samples]
+    expected = choose(rows[0]["question"], [check_candidate(rows[0]["question"], "", s) for s in steps])
+    assert expected.index in (1, 3) and first.sub_questions == steps[expected.index] and len(first.samples) == 4
+    assert first.consensus == {"chosen": expected.index + 1, "agreement": round(expected.agreement, 4), "valid": 3, "samples": 4}
+    assert first.to_dict()["consensus"] == first.consensus
+    assert not second.parse_ok and second.raw == "no steps" and second.consensus["valid"] == 0  # nothing valid: the first sample
+    plain = decompose(Decomposer(model, tiny_tokenizer), rows[:1], GenerationSettings(temperature=0.7, num_return_sequences=4))
+    assert plain[0].sub_questions == ["Who was Aristotle?", "What is a laptop?"] and plain[0].consensus is None
+    assert "consensus" not in plain[0].to_dict()
+
+
+def test_seeded_sampling_repeats(tiny_tokenizer):
+    from conftest import build_tiny_model
+
+    tiny_model = build_tiny_model(len(tiny_tokenizer)).eval()
+    tiny_tokenizer.padding_side = "left"
+    rows = [{"question": "Was Aristotle alive when the laptop was invented?"}, {"question": "Is a llama a mammal?"}]
+    settings = GenerationSettings(temperature=1.0, num_return_sequences=3, consensus=True, max_new_tokens=12, seed=7)
+    runs = [[r.to_dict() for r in decompose(Decomposer(tiny_model, tiny_tokenizer), rows, settings)] for _ in range(2)]
+    assert runs[0] == runs[1]
+    samples = [s["raw"] for row in runs[0] for s in row["samples"]]
+    assert len(set(samples)) > 1  # it did sample: a random tiny model at temperature 1 does not repeat itself six times

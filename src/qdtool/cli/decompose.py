@@ -35,6 +35,12 @@ recent run under runs/.
 
 An output stops at its step cap (--max-sub-questions; by default the longest decomposition the run
 was trained on, else 8); --stop-at-repeat also ends it at a step that repeats an earlier one.
+
+--consensus 5 samples five decompositions (at --temperature 0.7 unless given) and returns the one
+the others agree with most (mean SARI, among those that pass validate-data's checks): about five
+times the decoding work, for better sub-questions than greedy decoding (docs/results.md).
+
+  qdtool decompose "Could a llama birth twice during the War in Vietnam?" --consensus 5 --seed 0
 """
 
 # Decoding guards, the same options in `decompose` and `eval`.
@@ -48,6 +54,38 @@ NoRepeatNgramSize = Annotated[int, typer.Option(
     min=0, metavar="N", help="No N-gram of tokens twice in an answer (the prompt does not count); 0: off.")]
 RepetitionPenalty = Annotated[float, typer.Option(
     min=1.0, help="Tokens already in an answer get less likely by this factor (the prompt does not count); 1.0: off.")]
+MaxNewTokens = Annotated[int, typer.Option(min=1, help="Tokens to generate at most per question.")]
+MaxInputTokens = Annotated[int, typer.Option(
+    min=1, help="Prompt tokens per question at most (also capped by the model's context); longer questions are refused.")]
+Device = Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where to run.")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code (never taken from a run dir).")]
+# Consensus decoding, the same options in `decompose`, `eval` and `serve`.
+Consensus = Annotated[int, typer.Option(
+    min=0, metavar="N",
+    help="Sample N decompositions and return the one the others agree with most (mean SARI); about N times the decoding work. 0: off.")]
+Temperature = Annotated[Optional[float], typer.Option(
+    min=0.0, show_default=False, help="Sampling temperature [default: 0, greedy; 0.7 with --consensus].")]
+
+
+def sampling(temperature: float | None, consensus: int, num_return_sequences: int = 1) -> tuple[float, int]:
+    """The temperature and the samples per question that --temperature, --consensus and --num-return-sequences ask for.
+
+    Raises:
+        UsageError: --consensus 1, --consensus with --num-return-sequences or with --temperature 0,
+            or several samples without sampling.
+    """
+    if consensus == 1:
+        raise UsageError("--consensus needs two or more samples to compare (e.g. --consensus 5); 0 turns it off")
+    if consensus:
+        if num_return_sequences > 1:
+            raise UsageError("--consensus N already samples N decompositions a question; drop --num-return-sequences")
+        if temperature == 0:
+            raise UsageError("--consensus needs sampling: drop --temperature 0 (0.7 is used) or give one above 0")
+        return (0.7 if temperature is None else temperature), consensus
+    temperature = temperature or 0.0
+    if num_return_sequences > 1 and temperature == 0:
+        raise UsageError("--num-return-sequences > 1 needs sampling: add --temperature 0.7 (for example)")
+    return temperature, num_return_sequences
 
 
 def decompose(
@@ -57,29 +95,27 @@ def decompose(
         "--input", "-i", metavar="FILE|-", help="JSONL / JSON records with \"question\", plain lines (.txt), a CSV/TSV/Parquet "
         "table, a save_to_disk dir or hf://datasets/NAME[:SPLIT]; - reads stdin (JSON or lines).")] = None,
     question_field: QuestionField = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o",
-        help="Append JSONL results here as they finish (input fields such as id are kept); "
-        "a rerun skips the questions already there.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Append JSONL results here as they finish (input fields "
+                                                   "such as id are kept); a rerun skips the questions already there.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output instead of continuing it.")] = False,
     format: Annotated[str, typer.Option("--format", "-f", metavar="text|json|jsonl", help="How to print results on stdout.")] = "text",
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", metavar="SPEC", help="Run dir, merged dir, hub id or 'embedded' [default: the latest run in runs/].",
         show_default=False)] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate at most per question.")] = 256,
-    max_input_tokens: Annotated[int, typer.Option(
-        min=1, help="Prompt tokens per question at most (also capped by the model's context); longer questions are refused.")] = 1024,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
+    max_new_tokens: MaxNewTokens = 256,
+    max_input_tokens: MaxInputTokens = 1024,
+    temperature: Temperature = None,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).")] = 1.0,
-    num_return_sequences: Annotated[int, typer.Option(min=1, help="Decompositions per question (sampling).")] = 1,
+    num_return_sequences: Annotated[int, typer.Option(min=1, help="Decompositions per question (sampling), all printed.")] = 1,
+    consensus: Consensus = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed the sampling, for repeatable samples.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
     max_sub_questions: MaxSubQuestions = None,
     stop_at_repeat: StopAtRepeat = False,
     no_repeat_ngram_size: NoRepeatNgramSize = 0,
     repetition_penalty: RepetitionPenalty = 1.0,
-    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where to run.")] = "auto",
-    trust_remote_code: Annotated[bool, typer.Option(
-        "--trust-remote-code", help="Run the model repo's own code (never taken from a run directory).")] = False,
+    device: Device = "auto",
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Split complex questions into simple sub-questions with a trained decomposer."""
     from qdtool.core.generation import GenerationSettings, load_decomposer
@@ -89,9 +125,10 @@ def decompose(
     sink = None
     try:
         with user_errors():
-            rows = _read_rows(question, input, format, num_return_sequences, temperature, question_field)
-            settings = GenerationSettings(max_new_tokens, temperature, top_p, num_return_sequences, batch_size, max_input_tokens,
-                                          max_sub_questions, stop_at_repeat, no_repeat_ngram_size, repetition_penalty)
+            temperature, samples = sampling(temperature, consensus, num_return_sequences)
+            rows = _read_rows(question, input, format, question_field)
+            settings = GenerationSettings(max_new_tokens, temperature, top_p, samples, batch_size, max_input_tokens, max_sub_questions,
+                                          stop_at_repeat, no_repeat_ngram_size, repetition_penalty, consensus > 0, seed)
             numbers = list(range(1, len(rows) + 1))  # each row's place in the input, for messages
             if output is not None:  # before the model loads: a bad --output fails in a second, not after the work
                 sink = ResultsFile(output, overwrite=overwrite)
@@ -112,8 +149,7 @@ def decompose(
     _summarize(results, sink, output, format)
 
 
-def _read_rows(question: str | None, input: str | None, format: str, num_return_sequences: int, temperature: float,
-               question_field: str | None = None) -> list[dict]:
+def _read_rows(question: str | None, input: str | None, format: str, question_field: str | None = None) -> list[dict]:
     """Check the options that need no model, then read the questions (from QUESTION, a file or stdin)."""
     from qdtool.core.generation import read_questions
 
@@ -123,8 +159,6 @@ def _read_rows(question: str | None, input: str | None, format: str, num_return_
         raise UsageError("pass one QUESTION or --input FILE (or --input - for stdin)")
     if question is not None and not question.strip():
         raise UsageError("QUESTION is empty; pass the question to decompose")
-    if num_return_sequences > 1 and temperature == 0:
-        raise UsageError("--num-return-sequences > 1 needs sampling: add --temperature 0.7 (for example)")
     if question is not None:
         return [{"question": question}]
     return read_questions(input, sys.stdin.buffer.read() if input == "-" else None, question_field=question_field)
@@ -209,7 +243,12 @@ def _progress(total: int) -> Iterator[Callable[[int, int], None] | None]:
 
 def _print_text(result) -> None:
     console.print(result.question, style="bold", markup=False)
-    candidates = result.samples or [{"sub_questions": result.sub_questions, "raw": result.raw, "parse_ok": result.parse_ok}]
+    chosen = [{"sub_questions": result.sub_questions, "raw": result.raw, "parse_ok": result.parse_ok}]
+    candidates = chosen if result.consensus is not None else result.samples or chosen
+    if result.consensus is not None:
+        agreement = result.consensus["agreement"]
+        console.print(f"  consensus of {result.consensus['samples']} samples ({result.consensus['valid']} valid"
+                      f"{f', agreement {agreement:.2f}' if agreement is not None else ''}):", style="dim", markup=False)
     for index, candidate in enumerate(candidates, start=1):
         if len(candidates) > 1:
             console.print(f"  sample {index}:", style="dim", markup=False)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from qdtool.cli._common import console, err_console, quiet_libraries, status, user_errors
-from qdtool.cli.decompose import MaxSubQuestions, NoRepeatNgramSize, RepetitionPenalty, StopAtRepeat
+from qdtool.cli.decompose import Consensus, MaxSubQuestions, NoRepeatNgramSize, RepetitionPenalty, StopAtRepeat, Temperature, sampling
 from qdtool.cli.validate_data import QuestionField, StepsField
 from qdtool.errors import UsageError
 
@@ -27,7 +27,19 @@ Examples:
   qdtool eval --data examples/data/strategyqa_val.jsonl --model embedded --limit 8    # a quick look
 
   qdtool eval --data refs.parquet --question-field q --steps-field decomp --predictions preds.jsonl
+
+  qdtool eval --data examples/data/strategyqa_val.jsonl --model runs/gemma-3-270m-examples --consensus 5
+
+Decoding is greedy by default. --consensus N samples N decompositions a question (at --temperature
+0.7 unless given, seeded by --seed) and scores the one the others agree with most.
 """
+
+Output = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="Write report.json, per_example.jsonl, predictions.jsonl and metrics.png here.")]
+ShotsFrom = Annotated[Optional[Path], typer.Option(help="Where the demonstrations come from [default: bundled StrategyQA train].")]
+Limit = Annotated[Optional[int], typer.Option(
+    min=1, metavar="N", help="Score only the first N references of --data (file order); predictions for the others are ignored.")]
+Seed = Annotated[int, typer.Option(help="Seed of the sampling (with --consensus or --temperature), so that a score repeats.")]
 
 _ROWS = [
     ("sari", "SARI"), ("sari_keep", "  keep"), ("sari_add", "  add"), ("sari_del", "  delete"),
@@ -48,23 +60,22 @@ def eval(  # noqa: A001 - the command's name
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", metavar="SPEC", help="Generate predictions with this run dir, merged dir, hub id or 'embedded'.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Score every SOURCE on the same references, side by side.")] = False,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Write report.json, per_example.jsonl, predictions.jsonl and metrics.png here.")] = None,
+    output: Output = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     shots: Annotated[int, typer.Option(min=0, help="Few-shot demonstrations in the prompt (for models not fine-tuned).")] = 0,
-    shots_from: Annotated[Optional[Path], typer.Option(
-        help="Where the demonstrations come from [default: bundled StrategyQA train].")] = None,
+    shots_from: ShotsFrom = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation limit per question.")] = 160,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per generation batch.")] = 16,
     max_sub_questions: MaxSubQuestions = None,
     stop_at_repeat: StopAtRepeat = False,
     no_repeat_ngram_size: NoRepeatNgramSize = 0,
     repetition_penalty: RepetitionPenalty = 1.0,
+    consensus: Consensus = 0,
+    temperature: Temperature = None,
+    seed: Seed = 0,
     question_field: QuestionField = None,
     steps_field: StepsField = None,
-    limit: Annotated[Optional[int], typer.Option(
-        min=1, metavar="N",
-        help="Score only the first N references of --data (file order); predictions for the others are ignored.")] = None,
+    limit: Limit = None,
 ) -> None:
     """Score decompositions against references: SARI, exact match, step counts, step matching, chrF, BLEU."""
     from qdtool.core.data import Fields, read_dataset
@@ -78,9 +89,11 @@ def eval(  # noqa: A001 - the command's name
         if output is not None:
             ensure_writable_dir(output)  # now, not after minutes of generation
         references = [r.to_dict() for r in read_dataset(data, fields=Fields.of(question_field, steps_field))]
+        temperature, samples = sampling(temperature, consensus)
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, max_sub_questions=max_sub_questions,
                                       stop_at_repeat=stop_at_repeat, no_repeat_ngram_size=no_repeat_ngram_size,
-                                      repetition_penalty=repetition_penalty)
+                                      repetition_penalty=repetition_penalty, temperature=temperature, num_return_sequences=samples,
+                                      consensus=consensus > 0, seed=seed)
 
         def run(source: str, is_file: bool):
             return _score(references, source, is_file, settings, shots, shots_from, limit)

@@ -12,7 +12,18 @@ from typing import Annotated, Any, Optional
 import typer
 
 from qdtool.cli._common import err_console, quiet_libraries, status, user_errors
-from qdtool.cli.decompose import MaxSubQuestions, NoRepeatNgramSize, RepetitionPenalty, StopAtRepeat
+from qdtool.cli.decompose import (
+    Consensus,
+    Device,
+    MaxInputTokens,
+    MaxNewTokens,
+    MaxSubQuestions,
+    NoRepeatNgramSize,
+    RepetitionPenalty,
+    StopAtRepeat,
+    TrustRemoteCode,
+    sampling,
+)
 from qdtool.errors import UsageError
 
 EXAMPLES = """
@@ -44,10 +55,6 @@ MaxWaitMs = Annotated[float, typer.Option(min=0.0, help="Milliseconds a batch wa
 MaxQuestions = Annotated[int, typer.Option(min=1, help="Questions per /v1/decompose request at most.")]
 MaxBodyBytes = Annotated[int, typer.Option(min=1, help="Bytes per request body at most (413 beyond).")]
 MaxQueue = Annotated[int, typer.Option(min=1, help="Questions waiting at most (503 with Retry-After beyond).")]
-MaxNewTokens = Annotated[int, typer.Option(min=1, help="Tokens to generate at most per question.")]
-MaxInputTokens = Annotated[int, typer.Option(min=1, help="Prompt tokens per question at most (also capped by the model's context).")]
-Device = Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where to run.")]
-TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code (never taken from a run dir).")]
 DrainSeconds = Annotated[float, typer.Option(min=0.0, help="On SIGTERM/Ctrl-C, seconds to wait for requests in flight.")]
 AccessLog = Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log one line per request.")]
 
@@ -59,6 +66,7 @@ def serve(
     max_input_tokens: MaxInputTokens = 1024, max_sub_questions: MaxSubQuestions = None, stop_at_repeat: StopAtRepeat = False,
     no_repeat_ngram_size: NoRepeatNgramSize = 0, repetition_penalty: RepetitionPenalty = 1.0, device: Device = "auto",
     trust_remote_code: TrustRemoteCode = False, drain_seconds: DrainSeconds = 30.0, access_log: AccessLog = True,
+    consensus: Consensus = 0,
 ) -> None:
     """Serve a decomposer over HTTP: /v1/decompose, OpenAI's /v1/chat/completions and /v1/models, /health."""
     from qdtool.core.generation import GenerationSettings, load_decomposer
@@ -69,9 +77,11 @@ def serve(
         sock = _bind(host, port)  # before the model loads: a port in use fails in a second, not after the load
         try:
             # batch_size: Service decodes each batch (--max-batch) in one generate() call
+            temperature, samples = sampling(None, consensus)
             generation = GenerationSettings(max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
                                             max_sub_questions=max_sub_questions, stop_at_repeat=stop_at_repeat,
-                                            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+                                            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+                                            temperature=temperature, num_return_sequences=samples, consensus=consensus > 0)
             settings = ServeSettings(model_name or default_model_name(model), api_key or None, max_batch, max_batch_tokens,
                                      max_wait_ms, max_questions, max_body_bytes, max_queue, generation)
             with status("loading the model") as say:

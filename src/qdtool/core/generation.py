@@ -44,6 +44,10 @@ class GenerationSettings:
     stop_at_repeat: bool = False
     no_repeat_ngram_size: int = 0  # tokens; n > 0: no n-gram twice in the answer (the prompt does not count); 0: off
     repetition_penalty: float = 1.0  # > 1: tokens already in the answer get less likely (the prompt does not count); 1.0: off
+    # With num_return_sequences > 1: return the samples' consensus (core/consensus.py: the valid sample
+    # with the highest mean SARI against the other valid ones) instead of the first sample.
+    consensus: bool = False
+    seed: int | None = None  # sampling: torch's seed before the first batch (None: not seeded)
 
 
 # The step cap of a model without a record of its training data (a base model, an older run):
@@ -212,11 +216,14 @@ class Decomposition:
     parse_ok: bool
     extra: dict[str, Any] = field(default_factory=dict)  # input fields kept (id, ...)
     samples: list[dict[str, Any]] = field(default_factory=list)  # with num_return_sequences > 1
+    consensus: dict[str, Any] | None = None  # with GenerationSettings.consensus: which sample was chosen (1-based), its agreement
 
     def to_dict(self) -> dict[str, Any]:
         row = {**self.extra, "question": self.question, "sub_questions": self.sub_questions, "raw": self.raw, "parse_ok": self.parse_ok}
         if self.samples:
             row["samples"] = self.samples
+        if self.consensus is not None:
+            row["consensus"] = self.consensus
         return row
 
 
@@ -327,6 +334,10 @@ def decompose_stream(
     encoded = [_encode(decomposer, row) for row in rows]
     _check_lengths(rows, encoded, prompt_limit(model, settings), settings, source, numbers)
     gen_kwargs = _generation_kwargs(decomposer, settings)
+    if settings.temperature > 0 and settings.seed is not None:
+        import torch
+
+        torch.manual_seed(settings.seed)
     window = settings.batch_size * _WINDOW_BATCHES
     done = 0
     for first in range(0, len(rows), window):
@@ -433,11 +444,20 @@ def _generate_batch(decomposer: Decomposer, rows: Sequence[dict[str, Any]], enco
     for k, index in enumerate(batch):
         parsed = [_parse(t, decomposer, cap, settings.stop_at_repeat) for t in texts[k * n : (k + 1) * n]]
         row = rows[index]
-        first = parsed[0]
+        chosen, consensus = _pick(row["question"], parsed) if settings.consensus and n > 1 else (parsed[0], None)
         samples = [{"sub_questions": p.sub_questions, "raw": p.raw, "parse_ok": p.parse_ok} for p in parsed] if n > 1 else []
         extra = {key: value for key, value in row.items() if key not in ("question", "sub_questions")}
-        results[index] = Decomposition(row["question"], first.sub_questions, first.raw, first.parse_ok, extra, samples)
+        results[index] = Decomposition(row["question"], chosen.sub_questions, chosen.raw, chosen.parse_ok, extra, samples, consensus)
     return results
+
+
+def _pick(question: str, parsed: Sequence[ParsedOutput]) -> tuple[ParsedOutput, dict[str, Any]]:
+    """The samples' consensus (core/consensus.py's `choose`), and the record of the choice."""
+    from qdtool.core.consensus import check_candidate, choose
+
+    choice = choose(question, [check_candidate(question, p.raw, p.sub_questions) for p in parsed])
+    agreement = None if choice.agreement is None else round(choice.agreement, 4)
+    return parsed[choice.index], {"chosen": choice.index + 1, "agreement": agreement, "valid": choice.valid, "samples": len(parsed)}
 
 
 def _parse(text: str, decomposer: Decomposer, cap: int, stop_at_repeat: bool) -> ParsedOutput:
