@@ -234,3 +234,21 @@ def test_help_shows_examples_and_the_key_variable():
     result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "Examples:" in result.output and "QDTOOL_API_KEY" in result.output
     assert "curl -s localhost:8000/v1/decompose" in result.output
+
+
+def test_consensus_reaches_the_servers_decoding_and_one_sample_is_refused(monkeypatch, tmp_path):
+    from qdtool.core import generation, serving
+    from qdtool.core.generation import GenerationSettings
+
+    seen = []
+
+    def create_app(decomposer, settings):
+        seen.append(settings.generation)
+        raise KeyboardInterrupt  # stop before uvicorn starts
+
+    monkeypatch.setattr(generation, "load_decomposer", lambda *a, **k: object())
+    monkeypatch.setattr(serving, "create_app", create_app)
+    runner.invoke(app, ["serve", "embedded", "--port", "0", "--consensus", "3"])
+    assert seen == [GenerationSettings(temperature=0.7, num_return_sequences=3, consensus=True)]
+    result = runner.invoke(app, ["serve", str(tmp_path / "no-model-here"), "--port", "0", "--consensus", "1"])
+    assert result.exit_code == 2 and "--consensus needs two or more samples" in result.output and len(seen) == 1
