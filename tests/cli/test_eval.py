@@ -157,9 +157,9 @@ def test_limit_must_be_positive():
     assert result.exit_code == 2 and "Invalid value for '--limit'" in result.output
 
 
-def test_the_decoding_guard_options_reach_the_generation_settings(monkeypatch):
-    from qdtool.core.generation import GenerationSettings
-
+@pytest.fixture
+def decoding_settings(monkeypatch) -> list:
+    """The GenerationSettings each `eval --model` call decodes with, in call order; the gold steps stand in as predictions."""
     seen = []
 
     def predict(references, source, settings, shots, shots_from, progress=None, limit=None):
@@ -167,6 +167,13 @@ def test_the_decoding_guard_options_reach_the_generation_settings(monkeypatch):
         return [{"id": r["id"], "question": r["question"], "sub_questions": r["sub_questions"]} for r in references[:limit]]
 
     monkeypatch.setattr("qdtool.core.evaluation.predict", predict)
+    return seen
+
+
+def test_the_decoding_guard_options_reach_the_generation_settings(decoding_settings):
+    from qdtool.core.generation import GenerationSettings
+
+    seen = decoding_settings
     args = ["eval", "--data", str(VAL), "--model", "embedded", "--limit", "2", "--json"]
     result = runner.invoke(app, [*args, "--max-sub-questions", "0", "--keep-repeats", "--no-repeat-ngram-size", "3",
                                  "--repetition-penalty", "1.1"])
@@ -195,16 +202,10 @@ def test_references_from_parquet_with_mapped_columns_score_as_the_jsonl(tmp_path
     assert 'no "question" column; columns found: id, q, decomp; map them with --question-field q --steps-field decomp' in result.output
 
 
-def test_consensus_samples_at_0_7_seeded_and_refuses_what_cannot_sample(monkeypatch):
+def test_consensus_samples_at_0_7_seeded_and_refuses_what_cannot_sample(decoding_settings):
     from qdtool.core.generation import GenerationSettings
 
-    seen = []
-
-    def predict(references, source, settings, shots, shots_from, progress=None, limit=None):
-        seen.append(settings)
-        return [{"id": r["id"], "question": r["question"], "sub_questions": r["sub_questions"]} for r in references[:limit]]
-
-    monkeypatch.setattr("qdtool.core.evaluation.predict", predict)
+    seen = decoding_settings
     args = ["eval", "--data", str(VAL), "--model", "embedded", "--limit", "2", "--json"]
     assert runner.invoke(app, [*args, "--consensus", "5"]).exit_code == 0
     assert seen[0] == GenerationSettings(max_new_tokens=160, temperature=0.7, num_return_sequences=5, consensus=True, seed=0)
