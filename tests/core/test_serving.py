@@ -31,14 +31,17 @@ LONG = "why " * 100  # 315 prompt tokens with the tiny tokenizer, over the 200 a
 
 
 class ScriptedModel(torch.nn.Module):
-    """generate() that answers each prompt of a left-padded batch with its scripted text; records batch sizes."""
+    """generate() that answers each prompt of a left-padded batch with its scripted text (num_return_sequences
+    times); records the batch sizes in sequences."""
 
     def __init__(self, tokenizer) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.tokenizer, self.batches = tokenizer, []
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **kwargs):
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, num_return_sequences=1, **kwargs):
+        input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+        attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
         self.batches.append(input_ids.shape[0])
         rows = []
         for ids, mask in zip(input_ids, attention_mask, strict=True):
@@ -56,8 +59,9 @@ def decomposer(tiny_tokenizer) -> Decomposer:
 
 
 @contextmanager
-def serving(decomposer: Decomposer, run=None, **options):
-    settings = ServeSettings(model_name="tiny", generation=GenerationSettings(max_new_tokens=64, max_input_tokens=200), **options)
+def serving(decomposer: Decomposer, run=None, generation=None, **options):
+    generation = generation or GenerationSettings(max_new_tokens=64, max_input_tokens=200)
+    settings = ServeSettings(model_name="tiny", generation=generation, **options)
     with TestClient(create_app(decomposer, settings, run=run)) as client:
         yield client
 
@@ -179,6 +183,16 @@ def test_requests_that_arrive_together_share_one_batch(decomposer):
     assert (health["batches"], health["questions"], health["largest_batch"]) == (1, 4, 4)
 
 
+def test_with_consensus_a_batch_holds_max_batch_sequences_not_questions(decomposer):
+    consensus = GenerationSettings(max_new_tokens=64, max_input_tokens=200, temperature=0.7, num_return_sequences=3, consensus=True)
+    with serving(decomposer, generation=consensus, max_wait_ms=500, max_batch=6) as client:
+        responses = _concurrently(client, [{"question": f"Is the sky blue, number {i}?"} for i in range(4)])
+    assert [r.status_code for r in responses] == [200] * 4
+    assert decomposer.model.batches == [6, 6]  # 2 questions x 3 samples, twice
+    assert [r.headers[BATCH_HEADER] for r in responses] == ["2"] * 4
+    assert responses[0].json()["results"][0]["sub_questions"] == ["What colour is the sky?"]
+
+
 def test_a_question_over_the_limit_gets_its_own_400_and_its_batch_mates_are_answered(decomposer):
     with serving(decomposer, max_wait_ms=500) as client:
         responses = _concurrently(client, [{"question": ARISTOTLE}, {"questions": ["Is the sky blue?", LONG]}, {"question": "Is the sky?"}])
@@ -215,8 +229,11 @@ def _batcher_run(rows_seen: list[list[str]], **options) -> Batcher:
     ([10] * 5, {"max_batch": 2}, [["q0", "q1"], ["q2", "q3"], ["q4"]]),
     ([100, 100, 300, 50], {"max_batch_tokens": 400}, [["q0", "q1"], ["q2"], ["q3"]]),  # 300 x 3 > 400; 300 alone is fine
     ([500], {"max_batch_tokens": 400}, [["q0"]]),  # a question alone always forms a batch
+    ([10] * 5, {"max_batch": 8, "samples": 4}, [["q0", "q1"], ["q2", "q3"], ["q4"]]),  # --consensus 4: 4 sequences a question
+    ([100, 100, 100], {"max_batch_tokens": 800, "samples": 4}, [["q0", "q1"], ["q2"]]),  # 100 x 3 questions x 4 > 800
+    ([10] * 2, {"max_batch": 2, "samples": 5}, [["q0"], ["q1"]]),  # more samples than --max-batch: one question a batch
 ])
-def test_batches_are_capped_by_questions_and_padded_tokens(tokens, options, batches):
+def test_batches_are_capped_by_sequences_and_padded_tokens(tokens, options, batches):
     async def scenario() -> list[str]:
         seen: list[list[str]] = []
         batcher = _batcher_run(seen, max_wait_s=0.05, **options)

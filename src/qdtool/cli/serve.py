@@ -49,8 +49,8 @@ ApiKey = Annotated[Optional[str], typer.Option(
     help="Require `Authorization: Bearer KEY` on every /v1 request (prefer the environment variable: a flag shows in ps).")]
 ModelName = Annotated[Optional[str], typer.Option(
     metavar="NAME", show_default=False, help="Model id in /v1/models and replies [default: the model directory's name, or MODEL].")]
-MaxBatch = Annotated[int, typer.Option(min=1, help="Questions decoded together at most.")]
-MaxBatchTokens = Annotated[int, typer.Option(min=1, help="Padded prompt tokens per batch at most (longest prompt x questions).")]
+MaxBatch = Annotated[int, typer.Option(min=1, help="Sequences decoded together at most: questions, x N with --consensus N.")]
+MaxBatchTokens = Annotated[int, typer.Option(min=1, help="Padded prompt tokens per batch at most (longest prompt x sequences).")]
 MaxWaitMs = Annotated[float, typer.Option(min=0.0, help="Milliseconds a batch waits for more questions after its first.")]
 MaxQuestions = Annotated[int, typer.Option(min=1, help="Questions per /v1/decompose request at most.")]
 MaxBodyBytes = Annotated[int, typer.Option(min=1, help="Bytes per request body at most (413 beyond).")]

@@ -1,8 +1,8 @@
 """Dynamic batching: questions that arrive together are decoded in one `decompose` call.
 
 Requests put their questions on one queue (`submit`) and await a future per question. A single task
-takes what arrived within `max_wait_s` of the first question (fewer when `max_batch` questions or
-`max_batch_tokens` padded prompt tokens are reached first), runs the batch in the one model thread
+takes what arrived within `max_wait_s` of the first question (fewer when `max_batch` sequences or
+`max_batch_tokens` padded prompt tokens are reached first; a question decodes `samples` sequences), runs the batch in the one model thread
 and resolves the futures. While a batch decodes, new questions queue up and form the next batch,
 which then starts without waiting. If a batch raises, its questions are decoded one at a time, so
 only the question that fails gets the error.
@@ -61,17 +61,21 @@ class Batcher:
     Args:
         run: decodes a list of rows ({"question": ...}) into one result per row; called in the
             model thread only, never twice at once (torch is not safe to call concurrently).
-        max_batch: questions per batch at most.
-        max_batch_tokens: padded prompt tokens per batch at most (the longest prompt x questions);
+        max_batch: sequences per batch at most (questions x `samples`).
+        max_batch_tokens: padded prompt tokens per batch at most (the longest prompt x sequences);
             a question alone always forms a batch.
+        samples: the sequences each question decodes (--consensus N samples N): the caps count
+            those, as the memory a batch takes grows with them.
         max_wait_s: how long a batch waits for more questions after its first one arrived.
         max_queue: questions waiting at most; `submit` raises Overloaded beyond it.
     """
 
     def __init__(self, run: RunBatch, *, max_batch: int = 16, max_batch_tokens: int = 8192, max_wait_s: float = 0.01,
-                 max_queue: int = 1024) -> None:
+                 max_queue: int = 1024, samples: int = 1) -> None:
         self._run = run
         self.max_batch, self.max_batch_tokens, self.max_wait_s, self.max_queue = max_batch, max_batch_tokens, max_wait_s, max_queue
+        self.samples = samples
+        self._questions = max(1, max_batch // samples)  # questions per batch at most
         self.stats = BatchStats()
         self._pending: deque[_Item] = deque()
         self._arrived: asyncio.Event | None = None
@@ -136,7 +140,7 @@ class Batcher:
             await self._arrived.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        while len(self._pending) < self.max_batch and (remaining := deadline - loop.time()) > 0:
+        while len(self._pending) < self._questions and (remaining := deadline - loop.time()) > 0:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
@@ -144,9 +148,9 @@ class Batcher:
                 break
         batch: list[_Item] = []
         longest = 0
-        while self._live() and len(batch) < self.max_batch:  # _live drops the questions whose client went away
+        while self._live() and len(batch) < self._questions:  # _live drops the questions whose client went away
             longest = max(longest, self._pending[0].tokens)
-            if batch and longest * (len(batch) + 1) > self.max_batch_tokens:
+            if batch and longest * (len(batch) + 1) * self.samples > self.max_batch_tokens:
                 break
             batch.append(self._pending.popleft())
         return batch

@@ -30,8 +30,8 @@ class ServeSettings:
 
     model_name: str = "qdtool"  # the model id /v1/models lists and replies carry
     api_key: str | None = None  # every /v1 request must send `Authorization: Bearer KEY`; None: no key asked
-    max_batch: int = 16  # questions decoded together at most
-    max_batch_tokens: int = 8192  # padded prompt tokens per batch at most (longest prompt x questions)
+    max_batch: int = 16  # sequences decoded together at most (questions x consensus samples)
+    max_batch_tokens: int = 8192  # padded prompt tokens per batch at most (longest prompt x sequences)
     max_wait_ms: float = 10.0  # ms a batch waits for more questions after its first one
     max_questions: int = 64  # questions per /v1/decompose request at most
     max_body_bytes: int = 1_048_576  # bytes per request body at most
@@ -73,7 +73,7 @@ class Service:
         batch_settings = replace(settings.generation, batch_size=settings.max_batch)  # one generate() per batch
         self.batcher = Batcher(run or partial(_decode_rows, decomposer, batch_settings), max_batch=settings.max_batch,
                                max_batch_tokens=settings.max_batch_tokens, max_wait_s=settings.max_wait_ms / 1000,
-                               max_queue=settings.max_queue)
+                               max_queue=settings.max_queue, samples=settings.generation.num_return_sequences)
 
     async def start(self) -> None:
         self._counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdtool-tokenize")
