@@ -7,8 +7,10 @@ caller can write each one at once. Every output is parsed, and a malformed one b
 `parse_ok: false` with the raw text kept. Empty questions and prompts over the limit are refused
 before anything is generated.
 
-A row stops early at its step cap (by default the run's longest training decomposition) or at a step
-that repeats an earlier one, its batch-mates going on; the parsed steps are cut the same way.
+A row stops early at its step cap (by default the run's longest training decomposition) or, with
+`stop_at_repeat`, at a step that repeats an earlier one, its batch-mates going on; the parsed steps are
+cut the same way. With `consensus`, each question samples N decompositions and returns the one the
+others agree with most (core/consensus.py); `seed` makes sampling repeat.
 """
 
 from __future__ import annotations
