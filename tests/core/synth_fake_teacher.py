@@ -10,7 +10,7 @@ list of actions for its successive requests (the last one repeats); "*" is the d
     {"status": 429, "retry_after": 1}      with a Retry-After header
     {"hang": 3}                            sleep 3 s, then answer as the next action would
 
-Every request is logged as one JSON line: time, question, n, model, messages, whether it had the key.
+Every request is logged as one JSON line: time, question, n, seed, model, messages, whether it had the key.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Handler(BaseHTTPRequestHandler):
         question = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
         n = body.get("n", 1)
         with LOCK, open(ARGS.log, "a", encoding="utf-8") as log:
-            log.write(json.dumps({"t": time.time(), "question": question, "n": n, "model": body.get("model"),
+            log.write(json.dumps({"t": time.time(), "question": question, "n": n, "seed": body.get("seed"), "model": body.get("model"),
                                   "messages": body["messages"], "keyed": "Authorization" in self.headers}, ensure_ascii=False) + "\n")
         if not self._authorized():
             return

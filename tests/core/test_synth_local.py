@@ -74,6 +74,16 @@ def test_a_local_teacher_samples_with_the_engine_and_prompts_by_language(tiny_to
     assert teacher.decomposer.prompt_options.shots == ()  # the run's own prompt settings are back
 
 
+def test_the_seed_reaches_the_local_teachers_sampling(tiny_tokenizer, monkeypatch):
+    from qdtool.core import generation
+    from qdtool.core.synth.teachers import open_teacher
+
+    monkeypatch.setattr(generation, "load_decomposer", lambda *a, **k: Decomposer(SamplingModel(tiny_tokenizer), tiny_tokenizer))
+    teacher = open_teacher(SynthSettings(teacher="scripted-model", samples=3, seed=11))
+    assert (teacher.generation.seed, teacher.generation.num_return_sequences, teacher.generation.temperature) == (11, 3, 0.7)
+    assert open_teacher(SynthSettings(teacher="scripted-model")).generation.seed is None
+
+
 def test_a_local_prompt_over_the_limit_is_dropped_not_fatal(tiny_tokenizer, tmp_path, monkeypatch):
     tiny_tokenizer.padding_side = "left"
     model = SamplingModel(tiny_tokenizer)

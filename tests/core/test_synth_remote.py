@@ -138,6 +138,25 @@ def test_a_server_without_n_gets_one_request_per_sample(tmp_path):
     assert report.kept == 2 and report.requests == 7
 
 
+def test_a_seed_gives_each_request_its_own_seed_the_same_on_a_rerun(tmp_path):
+    proc, url, log = fake.start(tmp_path, {"*": [{"texts": [_numbered(STEPS[SKY])]}]}, "--no-n")
+    try:
+        for name, seed, workers in (("a", 7, 1), ("b", 7, 3), ("c", None, 1)):
+            synth([{"question": SKY}, {"question": WHALE}], tmp_path / f"{name}.jsonl",
+                  _settings(url, api_key=None, samples=3, workers=workers, seed=seed), examples=EXAMPLES)
+    finally:
+        proc.kill()
+    sent = [r for r in fake.requests(log) if r["n"] == 1]  # each run tries n=3 first; then one request per sample
+    assert len(sent) == 3 * 6
+    first, second, unseeded = sent[:6], sent[6:12], sent[12:]
+    seeds = {(r["question"], r["seed"]) for r in first}
+    assert len(seeds) == 6 and all(isinstance(s, int) and 0 <= s < 2**31 for _, s in seeds)  # one per question and sample
+    assert {(r["question"], r["seed"]) for r in second} == seeds  # 3 workers, another order: the same seeds
+    assert all(r["seed"] is None for r in unseeded)
+    assert [json.loads(line)["synth"]["seed"] for line in (tmp_path / "a.jsonl").read_text().splitlines()] == [7, 7]
+    assert all("seed" not in json.loads(line)["synth"] for line in (tmp_path / "c.jsonl").read_text().splitlines())
+
+
 def test_a_wrong_key_and_an_unreachable_teacher_stop_before_any_question(teacher, tmp_path):
     url, log = teacher
     with pytest.raises(TeacherError, match=r"refused the request \(HTTP 401\): check the API key \(--api-key-env NAME"):

@@ -51,6 +51,9 @@ ApiKeyEnv = Annotated[Optional[str], typer.Option(
 Examples = Annotated[Optional[Path], typer.Option(
     metavar="FILE", show_default=False,
     help="Your hand-written decompositions (a dataset file) to draw demonstrations from (default: the bundled examples).")]
+Seed = Annotated[Optional[int], typer.Option(
+    metavar="N", show_default=False,
+    help="Seed the sampling: a local teacher repeats its candidates for the same questions; a URL teacher gets a seed per request.")]
 
 
 def synth(
@@ -64,6 +67,7 @@ def synth(
     samples: Annotated[int, typer.Option(metavar="N", help="Candidates per question; the consensus of the valid ones is kept.")] = 5,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy, with --samples 1 only).")] = 0.7,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
+    seed: Seed = None,
     min_agreement: Annotated[float, typer.Option(
         help="Drop a question whose chosen candidate agrees less than this with the others (mean SARI, 0 to 1).")] = 0.0,
     max_steps: Annotated[int, typer.Option(metavar="N", help="Sub-questions per candidate at most; a longer one is not valid.")] = 8,
@@ -89,7 +93,7 @@ def synth(
     quiet_libraries()
     with user_errors():
         settings = SynthSettings(teacher=teacher, teacher_model=teacher_model, shots=shots, samples=samples, temperature=temperature,
-                                 top_p=top_p, max_new_tokens=max_new_tokens, max_steps=max_steps, min_agreement=min_agreement,
+                                 top_p=top_p, seed=seed, max_new_tokens=max_new_tokens, max_steps=max_steps, min_agreement=min_agreement,
                                  workers=workers, timeout=timeout, retries=retries, retry_dropped=retry_dropped, limit=limit,
                                  device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
         settings.check()  # before any file is read: a bad option fails at once

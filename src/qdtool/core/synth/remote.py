@@ -11,6 +11,8 @@ The API key goes in the Authorization header only and is never part of a message
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import json
 import random
 import re
 import threading
@@ -82,12 +84,14 @@ class OpenAITeacher:
     """Chat completions from `base_url` (e.g. https://api.openai.com/v1), thread-safe (one httpx client)."""
 
     def __init__(self, base_url: str, model: str | None, api_key: str | None = None, *, timeout: float = 60.0, retries: int = 3,
-                 backoff_s: float = 0.5, max_tokens: int = 256, temperature: float = 0.7, top_p: float = 1.0) -> None:
+                 backoff_s: float = 0.5, max_tokens: int = 256, temperature: float = 0.7, top_p: float = 1.0,
+                 seed: int | None = None) -> None:
         import httpx
 
         self.url, self.model = public_url(base_url), model
         self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
         self.sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        self.seed = seed
         self.counters = Counters()
         self.n_supported: bool | None = None  # learnt from the first reply that asks for n > 1
         self.stop = threading.Event()  # set: no more retries or new requests (Ctrl-C)
@@ -135,7 +139,7 @@ class OpenAITeacher:
         texts: list[str] = []
         if n > 1 and self.n_supported is not False:
             try:
-                texts = self._ask(messages, n)[:n]
+                texts = self._ask(messages, n, 0)[:n]
             except Refused as exc:
                 if not _about_n(exc):
                     raise
@@ -143,11 +147,13 @@ class OpenAITeacher:
             else:
                 self.n_supported = len(texts) >= n  # a server may ignore n and answer once
         while len(texts) < n:
-            texts += self._ask(messages, 1)[:1]
+            texts += self._ask(messages, 1, len(texts))[:1]
         return texts
 
-    def _ask(self, messages: Sequence[dict[str, str]], n: int) -> list[str]:
+    def _ask(self, messages: Sequence[dict[str, str]], n: int, sample: int) -> list[str]:
         body = {"model": self.model, "messages": list(messages), **self.sampling, **({"n": n} if n > 1 else {})}
+        if self.seed is not None:  # the same for this prompt and sample whatever the order questions are asked in
+            body["seed"] = request_seed(self.seed, messages, sample)
         data = self._post(body)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices:
@@ -219,7 +225,14 @@ class OpenAITeacher:
 
 # Request fields that come from synth's options, by the option to change when a server refuses one
 # (`n` is not here: a server without n gets one request per sample instead).
-_SETTINGS = {"model": "--teacher-model", "temperature": "--temperature", "top_p": "--top-p", "max_tokens": "--max-new-tokens"}
+_SETTINGS = {"model": "--teacher-model", "temperature": "--temperature", "top_p": "--top-p", "max_tokens": "--max-new-tokens",
+             "seed": "--seed"}
+
+
+def request_seed(seed: int, messages: Sequence[dict[str, str]], sample: int) -> int:
+    """The `seed` of the request for `sample` (0-based) of `messages`: a 31-bit number from all three."""
+    text = json.dumps([seed, list(messages), sample], ensure_ascii=False, sort_keys=True)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") >> 1
 
 
 def backoff(attempt: int, base_s: float, cap_s: float = 30.0) -> float:

@@ -158,6 +158,7 @@ def _record(job: Job, reply: Reply, teacher: Any, output: SynthOutput, settings:
         "prompt_hash": prompt_hash(question, job.demos, language=teacher.language, instruction=teacher.instruction),
         "shots": len(job.demos), "temperature": settings.temperature, "samples": settings.samples, "valid": verdict.valid,
         "agreement": None if verdict.agreement is None else round(verdict.agreement, 4),
+        **({"seed": settings.seed} if settings.seed is not None else {}),
     }
     if verdict.kept:
         output.keep({**extras, "question": question, "sub_questions": verdict.sub_questions, "synth": provenance})

@@ -156,7 +156,7 @@ def open_teacher(settings: Any, status: Callable[[str], None] | None = None) -> 
     if is_url(settings.teacher):
         client = OpenAITeacher(settings.teacher, settings.teacher_model, settings.api_key, timeout=settings.timeout,
                                retries=settings.retries, backoff_s=settings.backoff_s, max_tokens=settings.max_new_tokens,
-                               temperature=settings.temperature, top_p=settings.top_p)
+                               temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
         if status:
             status(f"checking the teacher at {public_url(settings.teacher)}")
         try:
@@ -170,5 +170,5 @@ def open_teacher(settings: Any, status: Callable[[str], None] | None = None) -> 
     decomposer = load_decomposer(settings.teacher, device=settings.device, trust_remote_code=settings.trust_remote_code, progress=status)
     generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
                                     num_return_sequences=settings.samples, batch_size=settings.batch_size,
-                                    max_sub_questions=settings.max_steps)
+                                    max_sub_questions=settings.max_steps, seed=settings.seed)
     return LocalTeacher(decomposer, generation, settings.teacher)
