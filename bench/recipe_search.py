@@ -4,6 +4,8 @@
     python bench/recipe_search.py --candidates default,epochs2,lr4e-4      # train + eval those (default always runs)
     python bench/recipe_search.py --candidates all --out runs/recipe_search
     python bench/recipe_search.py --candidates default --max-steps 4 --limit 16   # a smoke run of the machinery
+    python bench/recipe_search.py --candidates full --baseline docs/results/default-predictions-2026-12-03.jsonl
+    python bench/recipe_search.py --candidates r32 -- --model Qwen/Qwen2.5-0.5B   # flags after -- go to every run
 
 Each candidate is `qdtool train` with no arguments plus its own flags (the embedded model, the bundled
 StrategyQA train split), trained in a child process into OUT/NAME, then decoded and scored on
@@ -11,6 +13,11 @@ StrategyQA train split), trained in a child process into OUT/NAME, then decoded 
 (greedy, `eval`'s defaults), then compared with the default's predictions by `qdtool eval --compare`
 (paired bootstrap over the same questions), so noise is not mistaken for progress. Training is
 resumable: rerunning the same command skips finished runs and evaluations and continues a killed one.
+
+The default is trained first unless --baseline gives its val predictions from an earlier search
+(OUT/default/eval/predictions.jsonl, kept in docs/results/): training is deterministic, so while the
+default recipe, the model and the decoding are unchanged those predictions are what a new default run
+would write, and a session saves the half hour. A stale file shows: the table names the file.
 
 Writes OUT/summary.jsonl (one row per candidate: flags, steps, wall time, peak RSS, eval loss, the
 selected step, SARI and its difference from the default with a 95% interval) and OUT/table.md.
@@ -62,13 +69,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", default=str(REPO / "examples" / "data" / "strategyqa_val.jsonl"), help="val references")
     parser.add_argument("--limit", type=int, default=None, help="score the first N references only (smoke runs)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every run's steps (smoke runs; not a recipe)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="the default's predictions.jsonl from an earlier search: compare with it instead of training the default")
     parser.add_argument("--list", action="store_true", help="print the candidates and exit")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.extra = argv[split + 1:]  # `qdtool train` flags for every candidate (another --model, --data for a smoke run)
     names = list(CANDIDATES) if args.candidates == "all" else [n for n in args.candidates.split(",") if n]
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
-    args.names = [BASELINE] + [n for n in names if n != BASELINE]
+    if args.baseline is not None and not args.baseline.is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
+    if args.baseline is not None and BASELINE in names:
+        parser.error("--baseline stands in for the default's run: leave 'default' out of --candidates")
+    args.names = ([] if args.baseline else [BASELINE]) + [n for n in names if n != BASELINE]
     args.limit_flags = ["--limit", str(args.limit)] if args.limit else []  # the same references for eval and --compare
     return args
 
@@ -85,7 +101,7 @@ def train(name: str, run: Path, args: argparse.Namespace) -> dict:
     timing = run / "search_timing.json"  # the training's wall time, kept for reruns that find the run complete
     finished_before, resumed = (run / "run_summary.json").is_file(), (run / "checkpoints").is_dir()
     started = time.perf_counter()
-    _qdtool("train", "--output-dir", str(run), "--report-to", "none", *CANDIDATES[name], *steps)
+    _qdtool("train", "--output-dir", str(run), "--report-to", "none", *args.extra, *CANDIDATES[name], *steps)
     if not finished_before:  # after a kill, this is the resumed part's time only: the table says so
         timing.write_text(json.dumps({"train_wall_s": round(time.perf_counter() - started, 1), "resumed": resumed}), encoding="utf-8")
     elif not timing.is_file():
@@ -106,9 +122,9 @@ def evaluate(run: Path, args: argparse.Namespace) -> dict:
 
 
 def compare(baseline: Path, run: Path, args: argparse.Namespace) -> dict:
-    """SARI(run) - SARI(baseline) on the same questions, with its paired bootstrap 95% interval."""
+    """SARI(run) - SARI(baseline: the default's predictions) on the same questions, with its paired bootstrap 95% interval."""
     printed = _qdtool("eval", "--data", args.data, *args.limit_flags, "--json", "--compare",
-                      str(baseline / "eval" / "predictions.jsonl"), str(run / "eval" / "predictions.jsonl"), capture=True).stdout
+                      str(baseline), str(run / "eval" / "predictions.jsonl"), capture=True).stdout
     difference = json.loads(printed)["sari_difference_vs_first"][1]
     return {"sari_vs_default": difference["mean"], "sari_vs_default_ci95": difference["ci95"]} if difference else {}
 
@@ -147,14 +163,17 @@ def main() -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    baseline = args.baseline or args.out / BASELINE / "eval" / "predictions.jsonl"
+    heading = f"val: {args.data}{f' (first {args.limit})' if args.limit else ''}"
+    heading += f"\n\ndefault: the predictions in {args.baseline} (not trained again)" if args.baseline else ""
+    heading += f"\n\nevery run also had: `{' '.join(args.extra)}`" if args.extra else ""
     for name in args.names:
         run = args.out / name
         print(f"== {name}: qdtool train {' '.join(CANDIDATES[name])}", flush=True)
         summary, report = train(name, run, args), evaluate(run, args)
-        rows.append({**row(name, summary, report), **({} if name == BASELINE else compare(args.out / BASELINE, run, args))})
+        rows.append({**row(name, summary, report), **({} if name == BASELINE else compare(baseline, run, args))})
         (args.out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        (args.out / "table.md").write_text(f"val: {args.data}{f' (first {args.limit})' if args.limit else ''}\n\n{table(rows)}",
-                                           encoding="utf-8")
+        (args.out / "table.md").write_text(f"{heading}\n\n{table(rows)}", encoding="utf-8")
         print(table(rows[-1:]), flush=True)
     print(f"\n{table(rows)}\nwrote {args.out}/summary.jsonl and table.md")
 
