@@ -59,6 +59,8 @@ CANDIDATES: dict[str, list[str]] = {
     "select-sari": ["--select-by", "sari"],
     # the earlier bundle's only significant gain (+0.0172, 95% CI +0.0005 to +0.0336; docs/results.md)
     "e2-r32-lr4e-4": ["--epochs", "2", "--lora-r", "32", "--lora-alpha", "64", "--lr", "4e-4"],
+    # e2-r32-lr4e-4 kept its step-100 weights (about one epoch; +0.012 on 2026-12-03): that recipe in one epoch's time
+    "r32-lr4e-4": ["--lora-r", "32", "--lora-alpha", "64", "--lr", "4e-4"],
 }
 
 
