@@ -122,3 +122,16 @@ def test_a_run_saved_before_a_setting_existed_is_the_same_run_with_its_default(t
     assert prepare_output_dir(config, overwrite=False) == out
     with pytest.raises(ConfigError, match=r"differs in: neftune_alpha\)"):
         prepare_output_dir(config.model_copy(update={"neftune_alpha": 5.0}), overwrite=False)
+
+
+@pytest.mark.parametrize(("model", "data", "expected"), [
+    ("embedded", None, "gemma-3-270m-examples"),
+    ("Qwen/Qwen2.5-0.5B", "data/my_set.jsonl", "Qwen2.5-0.5B-my_set"),
+    ("embedded", "hf://datasets/org/strategy_qa:validation", "gemma-3-270m-strategy_qa-validation"),  # no ':' in a path
+    ("embedded", "내 데이터/질문 분해.jsonl", "gemma-3-270m-질문-분해"),  # Korean stays; the space goes
+])
+def test_the_default_run_dir_is_named_after_the_model_and_the_data(model, data, expected):
+    from qdtool.core.rundir import RUNS
+
+    config = load_train_config(overrides={"model": model, **({"data": data} if data else {})})
+    assert training.default_output_dir(config) == RUNS / expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,11 @@ _RUN_CONTROL = {"eval_steps", "save_steps", "save_total_limit", "report_to", "ru
 
 
 def default_output_dir(config: TrainConfig) -> Path:
+    """runs/MODEL-DATA, e.g. runs/gemma-3-270m-examples; a hub split's ':' and other characters that
+    some filesystems or shells refuse (\\ * ? " < > | whitespace) become '-'."""
     model = Path(config.model).name if config.model != "embedded" else "gemma-3-270m"
     data = Path(config.data).stem if config.data else "examples"
-    return RUNS / f"{model}-{data}".replace("/", "-")
+    return RUNS / re.sub(r'[/\\:*?"<>|\s]+', "-", f"{model}-{data}")
 
 
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
