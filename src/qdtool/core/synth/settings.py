@@ -19,8 +19,9 @@ class SynthSettings:
     samples: int = 5  # candidates per question
     temperature: float = 0.7  # sampling temperature (0: greedy; then only one sample makes sense)
     top_p: float = 1.0
-    # Sampling seed (None: not seeded). A local teacher seeds torch once, before its first batch; a URL
-    # teacher gets `seed` in each request, drawn from this, the prompt and the sample, for servers that honour it.
+    # Sampling seed (None: not seeded). A local teacher seeds torch before each group of questions that
+    # share demonstrations; a URL teacher gets `seed` in each request, drawn from this, the prompt and the
+    # sample, for servers that honour it.
     seed: int | None = None
     max_new_tokens: int = 256  # tokens per candidate at most
     max_steps: int = 8  # sub-questions per candidate at most; a longer candidate is not valid
