@@ -3,9 +3,9 @@
 Requests put their questions on one queue (`submit`) and await a future per question. A single task
 takes what arrived within `max_wait_s` of the first question (fewer when `max_batch` sequences or
 `max_batch_tokens` padded prompt tokens are reached first; a question decodes `samples` sequences),
-runs the batch in the one model thread and resolves the futures. While a batch decodes, new questions queue up and form the next batch,
-which then starts without waiting. If a batch raises, its questions are decoded one at a time, so
-only the question that fails gets the error.
+runs the batch in the one model thread and resolves the futures. While a batch decodes, new
+questions queue up and form the next batch, which then starts without waiting. If a batch raises,
+its questions are decoded one at a time, so only the question that fails gets the error.
 """
 
 from __future__ import annotations
