@@ -20,6 +20,10 @@ def test_validate_stream_measures_every_format(tmp_path):
     assert [r["format"] for r in rows] == ["jsonl", "parquet"]
     for row in rows:
         assert (row["records"], row["valid"], row["exit_code"]) == (3000, True, 0)
-        assert row["records_per_s"] > 0 and row["peak_rss_mib"] >= row["fixed_peak_rss_mib"] > 10
+        assert row["records_per_s"] > 0 and row["fixed_peak_rss_mib"] > 10
+        # Two child processes: at 3,000 records the growth is smaller than the allocator's noise
+        # between them (a 3,000-record peak of 37.1 MiB beside a 10-record 37.2 has been seen), so
+        # the check is "no less than the fixed cost, give or take 1 MiB", not a strict order.
+        assert row["peak_rss_mib"] >= row["fixed_peak_rss_mib"] - 1
         assert abs(row["records_per_s"] - 3000 / row["wall_s"]) <= 1
     assert "records/s" in done.stdout and "peak RSS MiB" in done.stdout
