@@ -36,7 +36,7 @@ class TrainingError(QdtoolError):
 
 
 class TrainingInterrupted(QdtoolError):
-    """SIGINT/SIGTERM: a checkpoint was saved; the message says how to resume."""
+    """SIGINT/SIGTERM: a checkpoint was saved (or no step had run); the message says how to go on."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

@@ -10,7 +10,7 @@ from qdtool.core.events import Checkpoint, Eval, Start, Step
 from qdtool.core.files import WriteError
 from qdtool.core.training import best, decode
 from qdtool.core.training import step as one_step  # looked up at each step, so tests and benchmarks can wrap it
-from qdtool.core.training.signals import StopFlag, interrupted
+from qdtool.core.training.signals import StopFlag, interrupted, interrupted_before_training
 from qdtool.core.training.state import Run, peak_memory_gb
 from qdtool.errors import TrainingError
 
@@ -24,10 +24,12 @@ def run_loop(run: Run) -> None:
     run.report(Start(run.total_steps, run.start_step, len(run.train_set.samples), len(run.eval_set.samples), run.trainable,
                      str(run.out), run.hardware.name, run.hardware.precision))
     run.model.train()
-    if run.start_step == 0:
-        evaluate(run, 0)
-    with StopFlag() as stop:
+    with StopFlag() as stop:  # in place before the step-0 evaluation, which can take minutes
         try:
+            if run.start_step == 0:
+                evaluate(run, 0)
+                if run.dist.sum([1.0 if stop.signum is not None else 0.0])[0] > 0:
+                    raise interrupted_before_training(stop.signum, run.out)
             for step, epoch, micro in run.plan.steps(run.start_step):
                 if step >= run.total_steps:
                     break

@@ -41,3 +41,13 @@ def interrupted(signum: int | None, step: int, out: RunDir) -> TrainingInterrupt
         f"Resume with: {out.resume_command}",
         128 + signum,
     )
+
+
+def interrupted_before_training(signum: int | None, out: RunDir) -> TrainingInterrupted:
+    """The error that ends a run stopped by `signum` during its step-0 evaluation: no step ran, nothing to save."""
+    signum = signum or signal.SIGTERM
+    return TrainingInterrupted(
+        f"{signal.Signals(signum).name} received during the step-0 evaluation, before the first training step: "
+        f"there is nothing to checkpoint. Start the run again with: {out.resume_command}",
+        128 + signum,
+    )
