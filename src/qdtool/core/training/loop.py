@@ -10,7 +10,7 @@ from qdtool.core.events import Checkpoint, Eval, Start, Step
 from qdtool.core.files import WriteError
 from qdtool.core.training import best, decode
 from qdtool.core.training import step as one_step  # looked up at each step, so tests and benchmarks can wrap it
-from qdtool.core.training.signals import StopFlag, interrupted, interrupted_before_training
+from qdtool.core.training.signals import StopFlag, interrupted
 from qdtool.core.training.state import Run, peak_memory_gb
 from qdtool.errors import TrainingError
 
@@ -28,8 +28,8 @@ def run_loop(run: Run) -> None:
         try:
             if run.start_step == 0:
                 evaluate(run, 0)
-                if run.dist.sum([1.0 if stop.signum is not None else 0.0])[0] > 0:
-                    raise interrupted_before_training(stop.signum, run.out)
+                if _stop_asked(run, stop):
+                    raise interrupted(stop.signum, None, run.out)
             for step, epoch, micro in run.plan.steps(run.start_step):
                 if step >= run.total_steps:
                     break
@@ -53,14 +53,18 @@ def _record(run: Run, row: dict[str, Any], epoch: float) -> None:
 
 def _after_step(run: Run, done: int, stop: StopFlag) -> None:
     """Evaluate, checkpoint and stop as due after `done` steps."""
-    asked = run.dist.sum([1.0 if stop.signum is not None else 0.0])[0] > 0  # every process stops at the same step
-    stopping = asked and done < run.total_steps  # on the last step, just finish
+    stopping = _stop_asked(run, stop) and done < run.total_steps  # on the last step, just finish
     if not stopping and (done % run.config.eval_steps == 0 or done == run.total_steps):
         evaluate(run, done)
     if done < run.total_steps and (stopping or done % run.config.save_steps == 0):
         _checkpoint(run, done)
     if stopping:
         raise interrupted(stop.signum, done, run.out)
+
+
+def _stop_asked(run: Run, stop: StopFlag) -> bool:
+    """Whether any process got SIGINT/SIGTERM: a collective, so that every process stops at the same step."""
+    return run.dist.sum([1.0 if stop.signum is not None else 0.0])[0] > 0
 
 
 def evaluate(run: Run, step: int) -> float:

@@ -33,21 +33,14 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def interrupted(signum: int | None, step: int, out: RunDir) -> TrainingInterrupted:
-    """The error that ends a run stopped by `signum` after its step-`step` checkpoint."""
+def interrupted(signum: int | None, step: int | None, out: RunDir) -> TrainingInterrupted:
+    """The error that ends a run stopped by `signum` after its step-`step` checkpoint; `step` None: stopped
+    during the step-0 evaluation, before any training step, with nothing to save."""
     signum = signum or signal.SIGTERM
-    return TrainingInterrupted(
-        f"{signal.Signals(signum).name} received: checkpoint saved at step {step} in {out.checkpoints}. "
-        f"Resume with: {out.resume_command}",
-        128 + signum,
-    )
-
-
-def interrupted_before_training(signum: int | None, out: RunDir) -> TrainingInterrupted:
-    """The error that ends a run stopped by `signum` during its step-0 evaluation: no step ran, nothing to save."""
-    signum = signum or signal.SIGTERM
-    return TrainingInterrupted(
-        f"{signal.Signals(signum).name} received during the step-0 evaluation, before the first training step: "
-        f"there is nothing to checkpoint. Start the run again with: {out.resume_command}",
-        128 + signum,
-    )
+    name = signal.Signals(signum).name
+    if step is None:
+        said = (f"{name} received during the step-0 evaluation, before the first training step: there is nothing to "
+                f"checkpoint. Start the run again with: {out.resume_command}")
+    else:
+        said = f"{name} received: checkpoint saved at step {step} in {out.checkpoints}. Resume with: {out.resume_command}"
+    return TrainingInterrupted(said, 128 + signum)
