@@ -162,7 +162,7 @@ def decoding_settings(monkeypatch) -> list:
     """The GenerationSettings each `eval --model` call decodes with, in call order; the gold steps stand in as predictions."""
     seen = []
 
-    def predict(references, source, settings, shots, shots_from, progress=None, limit=None):
+    def predict(references, source, settings, shots, shots_from, progress=None, limit=None, shots_fields=None):
         seen.append(settings)
         return [{"id": r["id"], "question": r["question"], "sub_questions": r["sub_questions"]} for r in references[:limit]]
 
@@ -182,6 +182,29 @@ def test_the_decoding_guard_options_reach_the_generation_settings(decoding_setti
                                          repetition_penalty=1.1, seed=0)
     assert runner.invoke(app, args).exit_code == 0
     assert seen[1] == GenerationSettings(max_new_tokens=160, seed=0)  # decompose's guard defaults; greedy, so the seed is unused
+
+
+def test_shots_from_is_read_with_the_field_names_given_for_data(tmp_path, monkeypatch):
+    import csv
+
+    rows = [json.loads(line) for line in VAL.read_text().splitlines()][:10]
+    for name in ("refs.csv", "shots.csv"):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([["q", "decomp"], *([r["question"], "\n".join(r["sub_questions"])] for r in rows)])
+    asked = []
+
+    def predict(references, source, settings, shots, shots_from, progress=None, limit=None, shots_fields=None):
+        from qdtool.core.evaluation import few_shot_examples
+
+        asked.append(few_shot_examples(shots, shots_from, exclude=set(), fields=shots_fields))
+        return [{"question": r["question"], "sub_questions": r["sub_questions"]} for r in references[:limit]]
+
+    monkeypatch.setattr("qdtool.core.evaluation.predict", predict)
+    args = ["eval", "--data", str(tmp_path / "refs.csv"), "--model", "embedded", "--shots", "2"]
+    result = runner.invoke(app, [*args, "--shots-from", str(tmp_path / "shots.csv"), "--question-field", "q", "--steps-field", "decomp"])
+    assert result.exit_code == 0, result.output
+    assert len(asked[0]) == 2 and {q for q, _ in asked[0]} <= {r["question"] for r in rows}
+    assert all(steps == next(r["sub_questions"] for r in rows if r["question"] == q) for q, steps in asked[0])
 
 
 def test_references_from_parquet_with_mapped_columns_score_as_the_jsonl(tmp_path):

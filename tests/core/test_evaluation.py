@@ -211,10 +211,36 @@ def test_predict_with_a_limit_generates_only_the_first_questions(monkeypatch):
     seen_exclude = []
     monkeypatch.setattr(generation, "load_decomposer", lambda model, progress=None: Decomposer())
     monkeypatch.setattr(generation, "decompose", fake_decompose)
-    monkeypatch.setattr("qdtool.core.evaluation.few_shot_examples", lambda k, path, exclude: seen_exclude.append(exclude) or [])
+
+    def few_shot_examples(k, path, exclude, fields=None):
+        seen_exclude.append(exclude)
+        return []
+
+    monkeypatch.setattr("qdtool.core.evaluation.few_shot_examples", few_shot_examples)
     from qdtool.core.evaluation import predict
 
     rows = predict(REFS3, "m", shots=2, limit=2)
     assert [r["id"] for r in asked] == ["a", "b"] and [r["id"] for r in rows] == ["a", "b"]
     # the demonstrations avoid every reference question, as in a full run, not only the two decomposed
     assert seen_exclude == [{r["question"] for r in REFS3}]
+
+
+def test_demonstrations_from_a_file_with_other_column_names_are_those_of_the_same_records_under_the_default_names(tmp_path):
+    import csv
+
+    from qdtool.core.data import Fields
+    from qdtool.core.evaluation import few_shot_examples
+    from qdtool.resources import example_data_dir
+
+    records = [json.loads(line) for line in (example_data_dir() / "strategyqa_train.jsonl").read_text().splitlines()[:40]]
+    (tmp_path / "plain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with open(tmp_path / "mapped.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["q", "decomp"])
+        writer.writerows([r["question"], "\n".join(r["sub_questions"])] for r in records)
+    exclude = {records[0]["question"], records[1]["question"]}
+    expected = few_shot_examples(3, tmp_path / "plain.jsonl", exclude)
+    assert len(expected) == 3 and not {q for q, _ in expected} & exclude
+    assert few_shot_examples(3, tmp_path / "mapped.csv", exclude, fields=Fields.of("q", "decomp")) == expected
+    with pytest.raises(DataError, match="--question-field q"):  # the names must be given: the CSV has no "question"
+        few_shot_examples(3, tmp_path / "mapped.csv", exclude)

@@ -36,7 +36,9 @@ Decoding is greedy by default. --consensus N samples N decompositions a question
 
 Output = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Write report.json, per_example.jsonl, predictions.jsonl and metrics.png here.")]
-ShotsFrom = Annotated[Optional[Path], typer.Option(help="Where the demonstrations come from [default: bundled StrategyQA train].")]
+ShotsFrom = Annotated[Optional[Path], typer.Option(
+    help="Where the demonstrations come from, read with the same --question-field / --steps-field as --data "
+         "[default: bundled StrategyQA train].")]
 Limit = Annotated[Optional[int], typer.Option(
     min=1, metavar="N", help="Score only the first N references of --data (file order); predictions for the others are ignored.")]
 Seed = Annotated[int, typer.Option(help="Seed of the sampling (with --consensus or --temperature), so that a score repeats.")]
@@ -79,7 +81,6 @@ def eval(  # noqa: A001 - the command's name
 ) -> None:
     """Score decompositions against references: SARI, exact match, step counts, step matching, chrF, BLEU."""
     from qdtool.core.data import Fields, read_dataset
-    from qdtool.core.evaluation import write_jsonl, write_report
     from qdtool.core.files import ensure_writable_dir
     from qdtool.core.generation import GenerationSettings
 
@@ -88,7 +89,8 @@ def eval(  # noqa: A001 - the command's name
         _check_sources(sources, compare, predictions, model, output)
         if output is not None:
             ensure_writable_dir(output)  # now, not after minutes of generation
-        references = [r.to_dict() for r in read_dataset(data, fields=Fields.of(question_field, steps_field))]
+        fields = Fields.of(question_field, steps_field)
+        references = [r.to_dict() for r in read_dataset(data, fields=fields)]
         temperature, samples = sampling(temperature, consensus)
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, max_sub_questions=max_sub_questions,
                                       stop_at_repeat=stop_at_repeat, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -96,7 +98,7 @@ def eval(  # noqa: A001 - the command's name
                                       consensus=consensus > 0, seed=seed)
 
         def run(source: str, is_file: bool):
-            return _score(references, source, is_file, settings, shots, shots_from, limit)
+            return _score(references, source, is_file, settings, (shots, shots_from, fields), limit)
 
         if compare:
             reports = [run(s, Path(s).is_file())[0] for s in sources]
@@ -104,12 +106,19 @@ def eval(  # noqa: A001 - the command's name
             report, rows = run(str(predictions) if predictions else model, predictions is not None)
             reports = [report]
             if output is not None:
-                paths = write_report(report, output)
-                if rows is not None:
-                    write_jsonl(rows, output / "predictions.jsonl")
-                err_console.print(f"wrote {', '.join(str(p) for p in paths)}", style="dim", markup=False)
+                _write(report, rows, output)
     _warn_unmatched(reports)
     _print_reports(reports, compare, as_json)
+
+
+def _write(report, rows: list[dict] | None, output: Path) -> None:
+    """report.json, per_example.jsonl, metrics.png and (for a model) predictions.jsonl in `output`."""
+    from qdtool.core.evaluation import write_jsonl, write_report
+
+    paths = write_report(report, output)
+    if rows is not None:
+        write_jsonl(rows, output / "predictions.jsonl")
+    err_console.print(f"wrote {', '.join(str(p) for p in paths)}", style="dim", markup=False)
 
 
 def _check_sources(sources: list[str] | None, compare: bool, predictions: Path | None, model: str | None, output: Path | None) -> None:
@@ -125,14 +134,18 @@ def _check_sources(sources: list[str] | None, compare: bool, predictions: Path |
         raise UsageError("pass --predictions FILE or --model SPEC (or --compare SOURCE SOURCE ...)")
 
 
-def _score(references: list[dict], source: str, is_file: bool, settings, shots: int, shots_from: Path | None, limit: int | None):
-    """The report on one source (a predictions file, or a model that generates them), and the rows generated (None for a file)."""
+def _score(references: list[dict], source: str, is_file: bool, settings, demos: tuple, limit: int | None):
+    """The report on one source (a predictions file, or a model that generates them), and the rows generated (None for a file).
+
+    `demos` is (shots, shots_from, the fields of shots_from) for a model.
+    """
     from qdtool.core.evaluation import evaluate, predict, read_predictions
 
     if is_file:
         return evaluate(references, read_predictions(source), str(source), limit), None
+    shots, shots_from, fields = demos
     with status(f"decomposing {len(references[:limit])} questions with {source}") as say:
-        rows = predict(references, source, settings, shots, shots_from, progress=say, limit=limit)
+        rows = predict(references, source, settings, shots, shots_from, progress=say, limit=limit, shots_fields=fields)
     return evaluate(references, rows, source + (f" ({shots}-shot)" if shots else ""), limit), rows
 
 

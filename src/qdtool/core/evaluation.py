@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qdtool.core import metrics as m
-from qdtool.core.data import Problem, json_type_name, problems_error, read_json_rows
+from qdtool.core.data import DEFAULT_FIELDS, Fields, Problem, json_type_name, problems_error, read_json_rows
 from qdtool.core.files import json_line, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qdtool.errors import DataError
 
@@ -187,29 +187,36 @@ def _prediction_problems(value: Any, location: str, line: int | None) -> list[Pr
 
 def predict(references: Sequence[dict[str, Any]], model: str, settings: Any = None, shots: int = 0,
             shots_from: str | Path | None = None, progress: Progress | None = None,
-            limit: int | None = None) -> list[dict[str, Any]]:
+            limit: int | None = None, shots_fields: Fields | None = None) -> list[dict[str, Any]]:
     """Predictions of a model for the references' questions (through the decompose engine).
 
     With `limit`, only the first `limit` questions are decomposed; the demonstrations still avoid
-    every reference question, so they are the ones a full run would use.
+    every reference question, so they are the ones a full run would use. `shots_fields` names the
+    question and steps fields of `shots_from`.
     """
     from qdtool.core.generation import GenerationSettings, decompose, load_decomposer
 
     decomposer = load_decomposer(model, progress=progress)
     if shots:
-        demos = few_shot_examples(shots, shots_from, exclude={r["question"] for r in references})
+        demos = few_shot_examples(shots, shots_from, exclude={r["question"] for r in references}, fields=shots_fields)
         decomposer.prompt_options = replace(decomposer.prompt_options, shots=demos)
     rows = [{"question": r["question"], **({"id": r["id"]} if r.get("id") is not None else {})} for r in references[:limit]]
     results = decompose(decomposer, rows, settings or GenerationSettings())
     return [r.to_dict() for r in results]
 
 
-def few_shot_examples(k: int, path: str | Path | None, exclude: set[str]) -> list[tuple[str, list[str]]]:
-    """k demonstrations (question, steps), seeded, never one of the evaluated questions."""
+def few_shot_examples(k: int, path: str | Path | None, exclude: set[str], fields: Fields | None = None) -> list[tuple[str, list[str]]]:
+    """k demonstrations (question, steps), seeded, never one of the evaluated questions.
+
+    `fields` maps the columns of `path`; the bundled file (no `path`) has the default names.
+    """
     from qdtool.core.data import read_dataset
     from qdtool.resources import example_data_dir
 
-    records = read_dataset(path or example_data_dir() / "strategyqa_train.jsonl")
+    if path is None:
+        records = read_dataset(example_data_dir() / "strategyqa_train.jsonl")
+    else:
+        records = read_dataset(path, fields=fields or DEFAULT_FIELDS)
     pool = [r for r in records if r.question not in exclude and 2 <= len(r.sub_questions) <= 4]
     random.Random(0).shuffle(pool)
     return [(r.question, r.sub_questions) for r in pool[:k]]
