@@ -98,7 +98,7 @@ def eval(  # noqa: A001 - the command's name
                                       consensus=consensus > 0, seed=seed)
 
         def run(source: str, is_file: bool):
-            return _score(references, source, is_file, settings, (shots, shots_from, fields), limit)
+            return _score(references, source, is_file, settings, shots, shots_from, fields, limit)
 
         if compare:
             reports = [run(s, Path(s).is_file())[0] for s in sources]
@@ -134,16 +134,15 @@ def _check_sources(sources: list[str] | None, compare: bool, predictions: Path |
         raise UsageError("pass --predictions FILE or --model SPEC (or --compare SOURCE SOURCE ...)")
 
 
-def _score(references: list[dict], source: str, is_file: bool, settings, demos: tuple, limit: int | None):
+def _score(references: list[dict], source: str, is_file: bool, settings, shots: int, shots_from: Path | None, fields, limit: int | None):
     """The report on one source (a predictions file, or a model that generates them), and the rows generated (None for a file).
 
-    `demos` is (shots, shots_from, the fields of shots_from) for a model.
+    `fields` names the columns of `shots_from`, as of --data.
     """
     from qdtool.core.evaluation import evaluate, predict, read_predictions
 
     if is_file:
         return evaluate(references, read_predictions(source), str(source), limit), None
-    shots, shots_from, fields = demos
     with status(f"decomposing {len(references[:limit])} questions with {source}") as say:
         rows = predict(references, source, settings, shots, shots_from, progress=say, limit=limit, shots_fields=fields)
     return evaluate(references, rows, source + (f" ({shots}-shot)" if shots else ""), limit), rows

@@ -187,7 +187,7 @@ def _prediction_problems(value: Any, location: str, line: int | None) -> list[Pr
 
 def predict(references: Sequence[dict[str, Any]], model: str, settings: Any = None, shots: int = 0,
             shots_from: str | Path | None = None, progress: Progress | None = None,
-            limit: int | None = None, shots_fields: Fields | None = None) -> list[dict[str, Any]]:
+            limit: int | None = None, shots_fields: Fields = DEFAULT_FIELDS) -> list[dict[str, Any]]:
     """Predictions of a model for the references' questions (through the decompose engine).
 
     With `limit`, only the first `limit` questions are decomposed; the demonstrations still avoid
@@ -205,7 +205,7 @@ def predict(references: Sequence[dict[str, Any]], model: str, settings: Any = No
     return [r.to_dict() for r in results]
 
 
-def few_shot_examples(k: int, path: str | Path | None, exclude: set[str], fields: Fields | None = None) -> list[tuple[str, list[str]]]:
+def few_shot_examples(k: int, path: str | Path | None, exclude: set[str], fields: Fields = DEFAULT_FIELDS) -> list[tuple[str, list[str]]]:
     """k demonstrations (question, steps), seeded, never one of the evaluated questions.
 
     `fields` maps the columns of `path`; the bundled file (no `path`) has the default names.
@@ -213,10 +213,9 @@ def few_shot_examples(k: int, path: str | Path | None, exclude: set[str], fields
     from qdtool.core.data import read_dataset
     from qdtool.resources import example_data_dir
 
-    if path is None:
-        records = read_dataset(example_data_dir() / "strategyqa_train.jsonl")
-    else:
-        records = read_dataset(path, fields=fields or DEFAULT_FIELDS)
+    if path is None:  # the bundled file has the default names
+        path, fields = example_data_dir() / "strategyqa_train.jsonl", DEFAULT_FIELDS
+    records = read_dataset(path, fields=fields)
     pool = [r for r in records if r.question not in exclude and 2 <= len(r.sub_questions) <= 4]
     random.Random(0).shuffle(pool)
     return [(r.question, r.sub_questions) for r in pool[:k]]
