@@ -61,6 +61,9 @@ CANDIDATES: dict[str, list[str]] = {
     "e2-r32-lr4e-4": ["--epochs", "2", "--lora-r", "32", "--lora-alpha", "64", "--lr", "4e-4"],
     # e2-r32-lr4e-4 kept its step-100 weights (about one epoch; +0.012 on 2026-12-03): that recipe in one epoch's time
     "r32-lr4e-4": ["--lora-r", "32", "--lora-alpha", "64", "--lr", "4e-4"],
+    # epochs3 on 2026-12-04: eval loss bottomed at step 200 while eval SARI still rose (0.560 -> 0.595 at 250)
+    "e3-sari": ["--epochs", "3", "--select-by", "sari"],
+    "e4-sari": ["--epochs", "4", "--select-by", "sari"],
 }
 
 
