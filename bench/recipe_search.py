@@ -64,6 +64,8 @@ CANDIDATES: dict[str, list[str]] = {
     # epochs3 on 2026-12-04: eval loss bottomed at step 200 while eval SARI still rose (0.560 -> 0.595 at 250)
     "e3-sari": ["--epochs", "3", "--select-by", "sari"],
     "e4-sari": ["--epochs", "4", "--select-by", "sari"],
+    # e4-sari's 32-record eval SARI jumped 0.553 -> 0.602 -> 0.557 around its pick: select on all 95 eval records
+    "e3-sari95": ["--epochs", "3", "--select-by", "sari", "--eval-decode-records", "95"],
 }
 
 
