@@ -6,6 +6,7 @@
     python bench/recipe_search.py --candidates default --max-steps 4 --limit 16   # a smoke run of the machinery
     python bench/recipe_search.py --candidates full --baseline docs/results/default-predictions-2026-12-03.jsonl
     python bench/recipe_search.py --candidates r32 -- --model Qwen/Qwen2.5-0.5B   # flags after -- go to every run
+    python bench/recipe_search.py --candidates data12,data25,data50 --baseline ...   # the learning curve
 
 Each candidate is `qdtool train` with no arguments plus its own flags (the embedded model, the bundled
 StrategyQA train split), trained in a child process into OUT/NAME, then decoded and scored on
@@ -13,6 +14,8 @@ StrategyQA train split), trained in a child process into OUT/NAME, then decoded 
 (greedy, `eval`'s defaults), then compared with the default's predictions by `qdtool eval --compare`
 (paired bootstrap over the same questions), so noise is not mistaken for progress. Training is
 resumable: rerunning the same command skips finished runs and evaluations and continues a killed one.
+The data12/25/50 candidates train on a seeded 12.5/25/50% of the training records (written to
+OUT/NAME-data/, with the default's own hold-out as --eval-data) for about the default's step count.
 
 The default is trained first unless --baseline gives its val predictions from an earlier search
 (OUT/default/eval/predictions.jsonl, kept in docs/results/): training is deterministic, so while the
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -66,7 +70,14 @@ CANDIDATES: dict[str, list[str]] = {
     "e4-sari": ["--epochs", "4", "--select-by", "sari"],
     # e4-sari's 32-record eval SARI jumped 0.553 -> 0.602 -> 0.557 around its pick: select on all 95 eval records
     "e3-sari95": ["--epochs", "3", "--select-by", "sari", "--eval-decode-records", "95"],
+    # the learning curve: a seeded share of the default's training records (SUBSETS), evaluated on the default's own
+    # held-out records, for about the default's optimizer steps (97 here): does more data of this kind help?
+    "data12": ["--epochs", "8"],
+    "data25": ["--epochs", "4"],
+    "data50": ["--epochs", "2"],
 }
+# candidate -> the share of the training records it trains on (the rest of its flags are in CANDIDATES)
+SUBSETS: dict[str, float] = {"data12": 0.125, "data25": 0.25, "data50": 0.5}
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,9 +113,43 @@ def _qdtool(*arguments: str, capture: bool = False) -> subprocess.CompletedProce
                           stdout=subprocess.PIPE if capture else None)
 
 
+def _last_flag(extra: list[str], flag: str) -> str | None:
+    """The value of the last `flag VALUE` in the pass-through flags (the one `qdtool train` would use)."""
+    values = [extra[i + 1] for i, token in enumerate(extra[:-1]) if token == flag]
+    return values[-1] if values else None
+
+
+def subset_flags(name: str, args: argparse.Namespace) -> list[str]:
+    """For a SUBSETS candidate, `--data` and `--eval-data` files next to its run: the hold-out `qdtool train` would make
+    of the same data (its eval_split, eval_max_records and seed), and a seeded share of the rest. Else no flags."""
+    if name not in SUBSETS:
+        return []
+    from qdtool.config import TrainConfig
+    from qdtool.core.batching import split_eval
+    from qdtool.core.data import read_dataset
+    from qdtool.resources import default_train_files
+
+    folder = args.out / f"{name}-data"
+    train_file, eval_file = folder / "train.jsonl", folder / "eval.jsonl"
+    if not (train_file.is_file() and eval_file.is_file()):  # written once: a rerun resumes on the same files
+        defaults = TrainConfig()
+        given = _last_flag(args.extra, "--data")
+        records = [r for path in ([given] if given else default_train_files()) for r in read_dataset(path)]
+        share = float(_last_flag(args.extra, "--eval-split") or defaults.eval_split)
+        limit = int(_last_flag(args.extra, "--eval-max-records") or defaults.eval_max_records)
+        seed = int(_last_flag(args.extra, "--seed") or defaults.seed)
+        train_records, eval_records = split_eval(records, share, limit, seed)
+        kept = sorted(random.Random(seed).sample(range(len(train_records)), max(1, round(len(train_records) * SUBSETS[name]))))
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, rows in ((train_file, [train_records[i] for i in kept]), (eval_file, eval_records)):
+            path.write_text("".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return ["--data", str(train_file), "--eval-data", str(eval_file)]
+
+
 def train(name: str, run: Path, args: argparse.Namespace) -> dict:
     """Train (or finish, or skip) one candidate; its run_summary.json plus the wall time of this call."""
     steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    steps += subset_flags(name, args)
     timing = run / "search_timing.json"  # the training's wall time, kept for reruns that find the run complete
     finished_before, resumed = (run / "run_summary.json").is_file(), (run / "checkpoints").is_dir()
     started = time.perf_counter()
@@ -140,6 +185,7 @@ def row(name: str, summary: dict, report: dict) -> dict:
     metrics = report["metrics"]
     return {
         "candidate": name, "flags": " ".join(CANDIDATES[name]) or "(none)", "steps": summary["total_steps"],
+        "train_share": SUBSETS.get(name, 1.0),
         "train_wall_s": summary["train_wall_s"], "resumed": summary.get("resumed", False),
         "peak_rss_gib": round(summary["peak_memory_gb"], 2),
         "best_eval_loss": summary["best_eval_loss"], "selected_by": summary["selected_by"], "selected_step": summary["selected_step"],
@@ -156,7 +202,9 @@ def table(rows: list[dict]) -> str:
         low, high = r.get("sari_vs_default_ci95") or (0.0, 0.0)
         delta = "—" if r["candidate"] == BASELINE else f"{r['sari_vs_default']:+.4f} ({low:+.4f} to {high:+.4f})"
         wall = f"{r['train_wall_s'] / 60:.1f} min" + (" (resumed part)" if r["resumed"] else "")
-        lines.append(f"| {r['candidate']} | `{r['flags']}` | {r['steps']} | {wall} | {r['peak_rss_gib']:.2f} GiB "
+        share = r.get("train_share", 1.0)
+        flags = f"`{r['flags']}`" + (f" on {share:.1%} of the training records" if share < 1 else "")
+        lines.append(f"| {r['candidate']} | {flags} | {r['steps']} | {wall} | {r['peak_rss_gib']:.2f} GiB "
                      f"| {r['best_eval_loss']:.3f} | {r['selected_step']} ({r['selected_by']}) | {r['sari']:.4f} | {delta} "
                      f"| {r['mean_predicted_steps']:.2f} / {r['mean_gold_steps']:.2f} | {r['eval_wall_s'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
@@ -166,7 +214,8 @@ def main() -> None:
     args = parse_args()
     if args.list:
         for name, flags in CANDIDATES.items():
-            print(f"{name:12} {' '.join(flags) or '(the defaults)'}")
+            share = f" on {SUBSETS[name]:.1%} of the training records" if name in SUBSETS else ""
+            print(f"{name:12} {' '.join(flags) or '(the defaults)'}{share}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
