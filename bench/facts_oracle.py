@@ -1,0 +1,114 @@
+"""How much of the SARI gap is knowledge? Train and decode with StrategyQA's gold facts in the question.
+
+    python bench/facts_oracle.py --baseline docs/results/default-predictions-2026-12-03.jsonl --out /tmp/facts
+    python bench/facts_oracle.py --limit 8 --max-new-tokens 8 --out /tmp/f -- --max-steps 2   # a smoke run
+
+An oracle, not a recipe: every StrategyQA record carries `facts`, the evidence its annotators wrote
+for the answer, which a user's question never has. This script appends them to each question
+("QUESTION\\nFacts: FACT FACT ..."), trains `qdtool train`'s default recipe on those records (the
+Korean records, which have no facts, as they are) into OUT/run, decodes val's questions with their
+facts, and scores the outputs against val's plain questions and gold steps with `qdtool eval`
+(SARI's source is the question without facts), compared with the default's predictions by the
+paired bootstrap. If knowing the facts lifts SARI well above every recipe, what limits the 270M
+model is what it knows of the world, not how it is trained: a larger base model, or retrieval
+before decomposing, is the lever. Flags after `--` go to `qdtool train`. Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VAL = REPO / "examples" / "data" / "strategyqa_val.jsonl"
+
+
+def with_facts(row: dict) -> dict:
+    """The record with its facts appended to the question (unchanged when it has none)."""
+    facts = [f.strip() for f in row.get("facts") or [] if f and f.strip()]
+    return {**row, "question": f"{row['question']}\nFacts: {' '.join(facts)}"} if facts else dict(row)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _qdtool(*arguments: str, capture: bool = False) -> str:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "qdtool", *arguments], env=env, check=True, text=True,
+                          stdout=subprocess.PIPE if capture else None)
+    return done.stdout or ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "facts_oracle")
+    parser.add_argument("--data", type=Path, default=VAL, help="val references (with facts)")
+    parser.add_argument("--limit", type=int, default=None, help="decode and score the first N references only")
+    parser.add_argument("--baseline", type=Path, default=None, help="predictions to compare with (the default's, kept)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="for the decoding (default: eval's own)")
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:split]), argv[split + 1:]
+    if args.baseline is not None and not args.baseline.is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
+
+    from qdtool.resources import default_train_files
+
+    # one file, in the order `qdtool train` reads the default files: its seeded hold-out takes the same records
+    train_rows = [with_facts(r) for path in default_train_files() for r in _rows(path)]
+    references = _rows(args.data)[: args.limit]
+    if any("id" not in r for r in references):
+        raise SystemExit(f"{args.data}: every reference needs an id (predictions are matched to them by id)")
+    _write(args.out / "data" / "train.jsonl", train_rows)
+    _write(args.out / "data" / "val.jsonl", [with_facts(r) for r in references])
+    plain = args.out / "data" / "val-plain.jsonl"
+    _write(plain, references)
+
+    run = args.out / "run"
+    started = time.perf_counter()
+    _qdtool("train", "--data", str(args.out / "data" / "train.jsonl"), "--output-dir", str(run), "--report-to", "none", *extra)
+    train_wall = time.perf_counter() - started
+    started = time.perf_counter()
+    decoding = ["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else []
+    _qdtool("eval", "--data", str(args.out / "data" / "val.jsonl"), "--model", str(run), "--output", str(run / "eval"), *decoding)
+    eval_wall = time.perf_counter() - started
+
+    # the outputs, under the plain questions: scored as any prediction file is, against the plain references
+    questions = {str(r["id"]): r["question"] for r in references}
+    decoded = _rows(run / "eval" / "predictions.jsonl")
+    predictions = args.out / "predictions.jsonl"
+    _write(predictions, [{**p, "question": questions[str(p["id"])]} for p in decoded])
+    report = json.loads(_qdtool("eval", "--data", str(plain), "--predictions", str(predictions), "--json", capture=True))
+    summary = json.loads((run / "run_summary.json").read_text(encoding="utf-8"))
+    result = {
+        "train_wall_s": round(train_wall, 1), "eval_wall_s": round(eval_wall, 1), "steps": summary["total_steps"],
+        "peak_rss_gib": round(summary["peak_memory_gb"], 2), "best_eval_loss": summary["best_eval_loss"],
+        "selected_step": summary["selected_step"], "metrics": report["metrics"],
+    }
+    if args.baseline is not None:
+        compared = json.loads(_qdtool("eval", "--data", str(plain), "--json", "--compare", str(args.baseline), str(predictions),
+                                      capture=True))
+        difference = compared["sari_difference_vs_first"][1]
+        result |= {"sari_vs_baseline": difference["mean"], "sari_vs_baseline_ci95": difference["ci95"]}
+    (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    m = result["metrics"]
+    line = f"with gold facts: SARI {m['sari']:.4f} (keep {m['sari_keep']:.3f} / add {m['sari_add']:.3f} / delete {m['sari_del']:.3f})"
+    if "sari_vs_baseline" in result:
+        low, high = result["sari_vs_baseline_ci95"]
+        line += f", {result['sari_vs_baseline']:+.4f} ({low:+.4f} to {high:+.4f}) against {args.baseline}"
+    print(f"{line}\n{result['steps']} steps in {train_wall / 60:.1f} min, decoding {eval_wall / 60:.1f} min; wrote {args.out}/result.json")
+
+
+if __name__ == "__main__":
+    main()
