@@ -34,15 +34,6 @@ def with_facts(row: dict) -> dict:
     return {**row, "question": f"{row['question']}\nFacts: {' '.join(facts)}"} if facts else dict(row)
 
 
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def _qdtool(*arguments: str, capture: bool = False) -> str:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     done = subprocess.run([sys.executable, "-m", "qdtool", *arguments], env=env, check=True, text=True,
@@ -63,17 +54,20 @@ def main() -> None:
     if args.baseline is not None and not args.baseline.is_file():
         parser.error(f"--baseline {args.baseline}: no such file")
 
+    from qdtool.core.data import read_dataset
+    from qdtool.core.evaluation import write_jsonl
+    from qdtool.core.files import read_json_lines
     from qdtool.resources import default_train_files
 
     # one file, in the order `qdtool train` reads the default files: its seeded hold-out takes the same records
-    train_rows = [with_facts(r) for path in default_train_files() for r in _rows(path)]
-    references = _rows(args.data)[: args.limit]
+    train_rows = [with_facts(r.to_dict()) for path in default_train_files() for r in read_dataset(path)]
+    references = [r.to_dict() for r in read_dataset(args.data)][: args.limit]
     if any("id" not in r for r in references):
         raise SystemExit(f"{args.data}: every reference needs an id (predictions are matched to them by id)")
-    _write(args.out / "data" / "train.jsonl", train_rows)
-    _write(args.out / "data" / "val.jsonl", [with_facts(r) for r in references])
+    write_jsonl(train_rows, args.out / "data" / "train.jsonl")
+    write_jsonl([with_facts(r) for r in references], args.out / "data" / "val.jsonl")
     plain = args.out / "data" / "val-plain.jsonl"
-    _write(plain, references)
+    write_jsonl(references, plain)
 
     run = args.out / "run"
     started = time.perf_counter()
@@ -86,9 +80,9 @@ def main() -> None:
 
     # the outputs, under the plain questions: scored as any prediction file is, against the plain references
     questions = {str(r["id"]): r["question"] for r in references}
-    decoded = _rows(run / "eval" / "predictions.jsonl")
+    decoded = read_json_lines(run / "eval" / "predictions.jsonl")
     predictions = args.out / "predictions.jsonl"
-    _write(predictions, [{**p, "question": questions[str(p["id"])]} for p in decoded])
+    write_jsonl([{**p, "question": questions[str(p["id"])]} for p in decoded], predictions)
     report = json.loads(_qdtool("eval", "--data", str(plain), "--predictions", str(predictions), "--json", capture=True))
     summary = json.loads((run / "run_summary.json").read_text(encoding="utf-8"))
     result = {

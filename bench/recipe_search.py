@@ -127,6 +127,7 @@ def subset_flags(name: str, args: argparse.Namespace) -> list[str]:
     from qdtool.config import TrainConfig
     from qdtool.core.batching import split_eval
     from qdtool.core.data import read_dataset
+    from qdtool.core.evaluation import write_jsonl
     from qdtool.resources import default_train_files
 
     folder = args.out / f"{name}-data"
@@ -140,20 +141,19 @@ def subset_flags(name: str, args: argparse.Namespace) -> list[str]:
         seed = int(_last_flag(args.extra, "--seed") or defaults.seed)
         train_records, eval_records = split_eval(records, share, limit, seed)
         kept = sorted(random.Random(seed).sample(range(len(train_records)), max(1, round(len(train_records) * SUBSETS[name]))))
-        folder.mkdir(parents=True, exist_ok=True)
-        for path, rows in ((train_file, [train_records[i] for i in kept]), (eval_file, eval_records)):
-            path.write_text("".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl([r.to_dict() for r in eval_records], eval_file)  # atomic: a killed run leaves no half file to resume on
+        write_jsonl([train_records[i].to_dict() for i in kept], train_file)
     return ["--data", str(train_file), "--eval-data", str(eval_file)]
 
 
 def train(name: str, run: Path, args: argparse.Namespace) -> dict:
     """Train (or finish, or skip) one candidate; its run_summary.json plus the wall time of this call."""
     steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
-    steps += subset_flags(name, args)
+    data = subset_flags(name, args)
     timing = run / "search_timing.json"  # the training's wall time, kept for reruns that find the run complete
     finished_before, resumed = (run / "run_summary.json").is_file(), (run / "checkpoints").is_dir()
     started = time.perf_counter()
-    _qdtool("train", "--output-dir", str(run), "--report-to", "none", *args.extra, *CANDIDATES[name], *steps)
+    _qdtool("train", "--output-dir", str(run), "--report-to", "none", *args.extra, *CANDIDATES[name], *data, *steps)
     if not finished_before:  # after a kill, this is the resumed part's time only: the table says so
         timing.write_text(json.dumps({"train_wall_s": round(time.perf_counter() - started, 1), "resumed": resumed}), encoding="utf-8")
     elif not timing.is_file():

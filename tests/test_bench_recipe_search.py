@@ -25,8 +25,8 @@ def _rows(out: Path) -> dict[str, dict]:
 def test_a_candidate_is_compared_with_the_default_run_or_with_its_kept_predictions(tiny_model_dir, tmp_path):
     tiny = ["--", "--model", str(tiny_model_dir), "--data", str(REPO / "examples" / "data" / "sample_train.json"),
             "--eval-split", "0.2", "--eval-decode-max-new-tokens", "8"]
-    smoke = ["--candidates", "r8", "--max-steps", "2", "--limit", "4"]
-    first = _search(*smoke[:1], "r8,data50", *smoke[2:], "--out", str(tmp_path / "a"), *tiny)
+    smoke = ["--max-steps", "2", "--limit", "4"]
+    first = _search("--candidates", "r8,data50", *smoke, "--out", str(tmp_path / "a"), *tiny)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = _rows(tmp_path / "a")
     assert list(rows) == ["default", "r8", "data50"] and rows["r8"]["steps"] == 2
@@ -36,7 +36,7 @@ def test_a_candidate_is_compared_with_the_default_run_or_with_its_kept_predictio
     assert low <= rows["r8"]["sari_vs_default"] <= high
 
     kept = tmp_path / "a" / "default" / "eval" / "predictions.jsonl"
-    second = _search(*smoke, "--out", str(tmp_path / "b"), "--baseline", str(kept), *tiny)
+    second = _search("--candidates", "r8", *smoke, "--out", str(tmp_path / "b"), "--baseline", str(kept), *tiny)
     assert second.returncode == 0, second.stderr[-3000:]
     assert not (tmp_path / "b" / "default").exists()  # the default was not trained again
     again = _rows(tmp_path / "b")
