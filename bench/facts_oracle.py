@@ -12,6 +12,14 @@ facts, and scores the outputs against val's plain questions and gold steps with 
 paired bootstrap. If knowing the facts lifts SARI well above every recipe, what limits the 270M
 model is what it knows of the world, not how it is trained: a larger base model, or retrieval
 before decomposing, is the lever. Flags after `--` go to `qdtool train`. Run it alone.
+
+`--context neighbours` is the realisable counterpart, not an oracle: instead of the facts, each
+question gets the K training questions most like it (TF-IDF cosine over words; never itself) with
+their gold steps, for training and val records alike, so the model learns to reuse the annotators'
+wording of similar questions (retrieval-augmented decomposition, what `decompose` could do with a
+user's training file beside it):
+
+    python bench/facts_oracle.py --context neighbours --baseline docs/results/default-predictions-2026-12-03.jsonl --out /tmp/nb
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import re
 import time
 from pathlib import Path
 
@@ -32,6 +41,57 @@ def with_facts(row: dict) -> dict:
     """The record with its facts appended to the question (unchanged when it has none)."""
     facts = [f.strip() for f in row.get("facts") or [] if f and f.strip()]
     return {**row, "question": f"{row['question']}\nFacts: {' '.join(facts)}"} if facts else dict(row)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def neighbours(queries: list[dict], pool: list[dict], k: int) -> list[list[dict]]:
+    """For each query, the k pool records whose questions are most like its own (TF-IDF cosine), best first.
+
+    A pool record with the query's id or the same question text is never its neighbour (a training
+    record must not see its own answer).
+    """
+    import numpy as np
+
+    vocabulary: dict[str, int] = {}
+    documents = [[vocabulary.setdefault(w, len(vocabulary)) for w in _words(r["question"])] for r in pool]
+    df = np.zeros(len(vocabulary))
+    for ids in documents:
+        df[sorted(set(ids))] += 1
+    idf = np.log((1 + len(pool)) / (1 + df)) + 1.0
+
+    def vectors(rows_of_ids: list[list[int]]) -> "np.ndarray":
+        matrix = np.zeros((len(rows_of_ids), len(vocabulary)), dtype=np.float32)
+        for row, ids in enumerate(rows_of_ids):
+            for i in ids:
+                matrix[row, i] += 1.0
+        matrix *= idf
+        return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+    pool_vectors = vectors(documents)
+    query_vectors = vectors([[vocabulary[w] for w in _words(q["question"]) if w in vocabulary] for q in queries])
+    similarity = query_vectors @ pool_vectors.T
+    texts = [" ".join(_words(r["question"])) for r in pool]
+    chosen = []
+    for row, query in enumerate(queries):
+        own, text = query.get("id"), " ".join(_words(query["question"]))
+        picked = []
+        for j in np.argsort(-similarity[row], kind="stable"):
+            if (own is not None and pool[j].get("id") == own) or texts[j] == text:
+                continue
+            picked.append(pool[j])
+            if len(picked) == k:
+                break
+        chosen.append(picked)
+    return chosen
+
+
+def with_examples(row: dict, examples: list[dict]) -> dict:
+    """The record with its retrieved examples (question and gold steps) after the question."""
+    shown = "".join(f"\nQ: {e['question']}\nSteps: {' | '.join(e['sub_questions'])}" for e in examples)
+    return {**row, "question": f"{row['question']}\nSimilar questions:{shown}"} if examples else dict(row)
 
 
 def _qdtool(*arguments: str, capture: bool = False) -> str:
@@ -48,6 +108,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="decode and score the first N references only")
     parser.add_argument("--baseline", type=Path, default=None, help="predictions to compare with (the default's, kept)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="for the decoding (default: eval's own)")
+    parser.add_argument("--context", choices=("facts", "neighbours"), default="facts",
+                        help="what follows each question: its gold facts (the oracle) or K similar training records")
+    parser.add_argument("--k", type=int, default=2, help="how many similar training records (--context neighbours)")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:split]), argv[split + 1:]
@@ -60,12 +123,17 @@ def main() -> None:
     from qdtool.resources import default_train_files
 
     # one file, in the order `qdtool train` reads the default files: its seeded hold-out takes the same records
-    train_rows = [with_facts(r.to_dict()) for path in default_train_files() for r in read_dataset(path)]
+    pool = [r.to_dict() for path in default_train_files() for r in read_dataset(path)]
     references = [r.to_dict() for r in read_dataset(args.data)][: args.limit]
     if any("id" not in r for r in references):
         raise SystemExit(f"{args.data}: every reference needs an id (predictions are matched to them by id)")
+    if args.context == "facts":
+        train_rows, val_rows = [with_facts(r) for r in pool], [with_facts(r) for r in references]
+    else:
+        train_rows = [with_examples(r, e) for r, e in zip(pool, neighbours(pool, pool, args.k))]
+        val_rows = [with_examples(r, e) for r, e in zip(references, neighbours(references, pool, args.k))]
     write_jsonl(train_rows, args.out / "data" / "train.jsonl")
-    write_jsonl([with_facts(r) for r in references], args.out / "data" / "val.jsonl")
+    write_jsonl(val_rows, args.out / "data" / "val.jsonl")
     plain = args.out / "data" / "val-plain.jsonl"
     write_jsonl(references, plain)
 
@@ -88,7 +156,7 @@ def main() -> None:
     result = {
         "train_wall_s": round(train_wall, 1), "eval_wall_s": round(eval_wall, 1), "steps": summary["total_steps"],
         "peak_rss_gib": round(summary["peak_memory_gb"], 2), "best_eval_loss": summary["best_eval_loss"],
-        "selected_step": summary["selected_step"], "metrics": report["metrics"],
+        "selected_step": summary["selected_step"], "context": args.context, "metrics": report["metrics"],
     }
     if args.baseline is not None:
         compared = json.loads(_qdtool("eval", "--data", str(plain), "--json", "--compare", str(args.baseline), str(predictions),
@@ -97,7 +165,8 @@ def main() -> None:
         result |= {"sari_vs_baseline": difference["mean"], "sari_vs_baseline_ci95": difference["ci95"]}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     m = result["metrics"]
-    line = f"with gold facts: SARI {m['sari']:.4f} (keep {m['sari_keep']:.3f} / add {m['sari_add']:.3f} / delete {m['sari_del']:.3f})"
+    label = "with gold facts" if args.context == "facts" else f"with {args.k} similar training records"
+    line = f"{label}: SARI {m['sari']:.4f} (keep {m['sari_keep']:.3f} / add {m['sari_add']:.3f} / delete {m['sari_del']:.3f})"
     if "sari_vs_baseline" in result:
         low, high = result["sari_vs_baseline_ci95"]
         line += f", {result['sari_vs_baseline']:+.4f} ({low:+.4f} to {high:+.4f}) against {args.baseline}"
