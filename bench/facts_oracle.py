@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
-import re
 import time
 from pathlib import Path
 
@@ -62,7 +62,7 @@ def neighbours(queries: list[dict], pool: list[dict], k: int) -> list[list[dict]
         df[sorted(set(ids))] += 1
     idf = np.log((1 + len(pool)) / (1 + df)) + 1.0
 
-    def vectors(rows_of_ids: list[list[int]]) -> "np.ndarray":
+    def vectors(rows_of_ids: list[list[int]]) -> np.ndarray:
         matrix = np.zeros((len(rows_of_ids), len(vocabulary)), dtype=np.float32)
         for row, ids in enumerate(rows_of_ids):
             for i in ids:
@@ -130,8 +130,8 @@ def main() -> None:
     if args.context == "facts":
         train_rows, val_rows = [with_facts(r) for r in pool], [with_facts(r) for r in references]
     else:
-        train_rows = [with_examples(r, e) for r, e in zip(pool, neighbours(pool, pool, args.k))]
-        val_rows = [with_examples(r, e) for r, e in zip(references, neighbours(references, pool, args.k))]
+        train_rows = [with_examples(r, e) for r, e in zip(pool, neighbours(pool, pool, args.k), strict=True)]
+        val_rows = [with_examples(r, e) for r, e in zip(references, neighbours(references, pool, args.k), strict=True)]
     write_jsonl(train_rows, args.out / "data" / "train.jsonl")
     write_jsonl(val_rows, args.out / "data" / "val.jsonl")
     plain = args.out / "data" / "val-plain.jsonl"

@@ -72,11 +72,12 @@ def test_neighbours_are_the_most_similar_questions_best_first_and_never_the_reco
     chosen = f.neighbours(pool, pool, 2)
     assert [e["id"] for e in chosen[0]] == ["b", "c"]  # not itself (id), not d (same text)
     assert [e["id"] for e in chosen[2]][0] != "c"
-    assert all(len(c) == 2 and row["id"] not in {e["id"] for e in c} for row, c in zip(pool, chosen))
+    assert all(len(c) == 2 and row["id"] not in {e["id"] for e in c} for row, c in zip(pool, chosen, strict=True))
     query = {"id": "v1", "question": "Who ruled Mongolia, Genghis Khan?"}
     assert [e["id"] for e in f.neighbours([query], pool, 1)[0]] == ["b"]
     shown = f.with_examples(query, f.neighbours([query], pool, 1)[0])["question"]
-    assert shown == "Who ruled Mongolia, Genghis Khan?\nSimilar questions:\nQ: Was Genghis Khan a ruler of Mongolia?\nSteps: What did Genghis Khan rule?"
+    assert shown == ("Who ruled Mongolia, Genghis Khan?\nSimilar questions:\n"
+                     "Q: Was Genghis Khan a ruler of Mongolia?\nSteps: What did Genghis Khan rule?")
     assert f.with_examples(query, []) == query
 
 
